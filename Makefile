@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Each bootstraps uv and the venv first,
+# needing only Python 3.11+ and pip. uv never downloads a Python (UV_PYTHON_DOWNLOADS=never).
+PYTHON ?= python3
+BOOT := .uv-bootstrap
+UV := $(BOOT)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: demo test lint format bench venv clean
+
+$(UV):
+	$(PYTHON) -m venv $(BOOT)
+	$(BOOT)/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+venv: $(VENV)/.synced
+
+demo: venv
+	$(VENV)/bin/attacker demo $(ARGS)
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(BOOT) $(VENV) .pytest_cache .ruff_cache

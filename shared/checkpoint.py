@@ -1,0 +1,64 @@
+"""Checkpoints that carry everything needed to serve a model, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from shared.errors import TestbedError
+from shared.models import Classifier, create_model
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint says about its model (plain types only, so weights_only loading works)."""
+
+    arch: str
+    num_classes: int
+    classes: list[str]
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    dataset: str
+    seed: int
+    test_accuracy: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, model: Classifier, card: ModelCard) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "card": asdict(card),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "saved_at": time.time(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Classifier, ModelCard]:
+    """Rebuild the model from its card and weights; eval mode, on `device`."""
+    path = Path(path)
+    if not path.exists():
+        raise TestbedError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TestbedError(f"{path} is not a readable checkpoint: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise TestbedError(f"{path} is not a checkpoint of this project (format {FORMAT_VERSION})")
+    card = ModelCard(**payload["card"])
+    model = create_model(card.arch, card.num_classes, mean=card.mean, std=card.std)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), card

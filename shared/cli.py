@@ -1,0 +1,28 @@
+"""Helpers shared by the three command-line tools: clean errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from shared.errors import TestbedError
+
+F = TypeVar("F", bound=Callable)
+
+
+def friendly(func: F) -> F:
+    """Print a TestbedError's message in one line and exit 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TestbedError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,23 @@
+"""Where the project finds handed-in archives and keeps its caches (one home for these settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class DataSettings(BaseSettings):
+    """`TESTBED_DATA_DIR`, `TESTBED_CACHE_DIR`, `TESTBED_DOWNLOAD` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TESTBED_")
+
+    data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
+    cache_dir: Path = Path.home() / ".cache" / "extraction-testbed"
+    download: bool = False
+
+
+def data_settings() -> DataSettings:
+    return DataSettings()

@@ -1,0 +1,146 @@
+"""The one answer pipeline: logits -> softmax -> [defense steps] -> granularity.
+
+Every step is a function of a whole batch that returns a new batch; rows never mix, so a batch
+of one and a batch of a thousand give each image the same answer. The HTTP service and the
+in-process `Blackbox` run exactly this code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from shared.device import autocast
+from shared.imaging import resize
+from shared.models import Classifier
+from shared.schemas import OutputMode
+
+
+@dataclass(frozen=True)
+class AnswerBatch:
+    """A batch on its way through the pipeline (CPU tensors, one row per image)."""
+
+    inputs: torch.Tensor
+    """The preprocessed images, float in [0, 1], (B, 3, S, S)."""
+    features: torch.Tensor
+    """The victim's penultimate features, (B, D)."""
+    logits: torch.Tensor
+    probs: torch.Tensor
+    """float64 (B, C): each row a probability distribution."""
+    clients: tuple[str, ...]
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)
+    """defense name -> bool (B,): rows that defense flagged."""
+    label_only: torch.Tensor | None = None
+    rejected: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.probs.shape[0]
+
+    def replace(self, **changes) -> AnswerBatch:
+        return dataclasses.replace(self, **changes)
+
+    def mask(self, name: str) -> torch.Tensor:
+        existing = getattr(self, name)
+        return torch.zeros(len(self), dtype=torch.bool) if existing is None else existing
+
+
+class Step(Protocol):
+    """A pipeline step: a function of a batch. `name` labels its flags and metrics."""
+
+    name: str
+
+    def __call__(self, batch: AnswerBatch) -> AnswerBatch: ...
+
+
+def round_probs(probs: torch.Tensor, decimals: int) -> torch.Tensor:
+    return torch.round(probs, decimals=decimals)
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """What the API discloses of each row: the vector, the top-k, or the label."""
+
+    mode: OutputMode = "probs"
+    top_k: int = 5
+    decimals: int | None = None
+
+    def format(self, batch: AnswerBatch) -> list[dict]:
+        probs = batch.probs
+        if self.decimals is not None:
+            probs = round_probs(probs, self.decimals)
+        labels = batch.probs.argmax(dim=1).tolist()
+        label_only = batch.mask("label_only").tolist()
+        if self.mode == "label":
+            return [{"label": lab} for lab in labels]
+        if self.mode == "topk":
+            k = min(self.top_k, probs.shape[1])
+            values, indices = torch.topk(probs, k, dim=1)
+            rows = [
+                {"top_k": [{"index": i, "probability": v} for i, v in zip(ix, vs, strict=True)]}
+                for ix, vs in zip(indices.tolist(), values.tolist(), strict=True)
+            ]
+        else:
+            rows = [{"probabilities": p} for p in probs.tolist()]
+        return [
+            {"label": lab} if lo else row
+            for row, lab, lo in zip(rows, labels, label_only, strict=True)
+        ]
+
+
+class Blackbox:
+    """The victim as a black box: images in, the pipeline's answers out; counts its queries."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        input_size: int,
+        steps: Sequence[Step] = (),
+        granularity: Granularity | None = None,
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.input_size = input_size
+        self.steps = list(steps)
+        self.granularity = granularity or Granularity()
+        self.device = torch.device(device)
+        self.amp = amp
+        self.queries = 0
+        self._lock = threading.Lock()
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Resize each (H, W, 3) uint8 image to the model's input size and stack them."""
+        return np.stack([resize(img, self.input_size) for img in images])
+
+    @torch.no_grad()
+    def answer(self, images: np.ndarray, clients: Sequence[str] | None = None) -> AnswerBatch:
+        """Run model and steps on a stacked (B, S, S, 3) uint8 batch of any size."""
+        n = len(images)
+        clients = tuple(clients) if clients is not None else ("local",) * n
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+        xd = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            features = self.model.features(xd)
+            logits = self.model.head(features)
+        logits = logits.float().cpu()
+        batch = AnswerBatch(
+            inputs=x,
+            features=features.float().cpu(),
+            logits=logits,
+            probs=torch.softmax(logits.double(), dim=1),
+            clients=clients,
+        )
+        for step in self.steps:
+            batch = step(batch)
+        with self._lock:
+            self.queries += n
+        return batch
+
+    def __call__(self, images: np.ndarray, clients: Sequence[str] | None = None) -> list[dict]:
+        return self.granularity.format(self.answer(images, clients))

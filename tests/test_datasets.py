@@ -1,0 +1,146 @@
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.datasets import bundled_photos, dataset_names, load_dataset
+from shared.errors import MissingDataError, TestbedError, UnknownNameError
+
+
+def test_digits_is_the_full_bundled_set_split_without_overlap():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert len(train) + len(test) == 1797
+    assert train.classes == [str(d) for d in range(10)]
+    assert set(np.unique(test.targets)) == set(range(10))
+    assert train.image(0).shape == (32, 32, 3) and train.image(0).dtype == np.uint8
+    assert load_dataset("digits", image_size=48).image(0).shape == (48, 48, 3)
+    assert not train.flip_invariant
+
+
+def test_natural_pool_is_deterministic_any_size_and_labelled_by_photo():
+    assert len(bundled_photos()) >= 20
+    a = load_dataset("natural", size=50, image_size=40, seed=3)
+    b = load_dataset("natural", size=5000, image_size=40, seed=3)
+    assert len(a) == 50 and len(b) == 5000
+    assert np.array_equal(a.image(7), b.image(7))
+    assert a.image(7).shape == (40, 40, 3)
+    other = load_dataset("natural", size=50, image_size=40, seed=4)
+    assert not np.array_equal(a.image(7), other.image(7))
+    assert not np.array_equal(a.image(7), a.image(8))
+    assert a.classes == list(bundled_photos())
+    assert a.targets.min() >= 0 and a.targets.max() < len(a.classes)
+    assert a.reference(7) == "natural#7"
+    assert a.arrays(16, [1, 2]).shape == (2, 16, 16, 3)
+
+
+def test_noise_pool_is_uniform_random_pixels():
+    pool = load_dataset("noise", size=20, image_size=32)
+    pixels = np.concatenate([pool.image(i).ravel() for i in range(20)])
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert abs(pixels.mean() - 127.5) < 3
+    assert np.array_equal(pool.image(3), load_dataset("noise", size=20).image(3))
+
+
+def _write_tree(root: Path, classes=("cat", "dog"), per_class=3, side=12) -> None:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.jpg")
+
+
+def test_imagefolder_reads_any_tree(tmp_path: Path):
+    _write_tree(tmp_path / "tree")
+    ds = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    assert ds.image(4).shape == (12, 12, 3)
+    assert ds.reference(4).endswith(".jpg")
+    assert ds.arrays(8).shape == (6, 8, 8, 3)
+
+
+def test_imagefolder_missing_folder_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(MissingDataError, match="does not exist"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+
+
+def test_archive_datasets_unpack_once_into_the_cache(tmp_path: Path, monkeypatch):
+    source = tmp_path / "src"
+    _write_tree(source / "cifar10" / "train", classes=("airplane", "ship"))
+    _write_tree(source / "cifar10" / "test", classes=("airplane", "ship"))
+    data = tmp_path / "data"
+    data.mkdir()
+    with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(source / "cifar10", arcname="cifar10")
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data))
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path / "cache"))
+    test = load_dataset("cifar10-jpeg", "test")
+    assert test.classes == ["airplane", "ship"] and len(test) == 6
+    assert (tmp_path / "cache" / "extracted" / "cifar10-jpeg" / ".complete").exists()
+    assert test.arrays(12).shape == (6, 12, 12, 3)
+    assert (tmp_path / "cache" / "arrays" / "cifar10-jpeg-test-12.npy").exists()
+    (data / "cifar10-jpeg.tar.gz").unlink()  # already unpacked: the archive is no longer needed
+    assert len(load_dataset("cifar10-jpeg", "train")) == 6
+
+
+def test_tiny_imagenet_parts_and_their_words(tmp_path: Path, monkeypatch):
+    source = tmp_path / "src" / "tiny-imagenet"
+    _write_tree(source / "attacker", classes=("n01", "n02", "n03"))
+    _write_tree(source / "defender", classes=("n01", "n02", "n03"), per_class=1)
+    (source / "words.txt").write_text("n01\ttabby cat, tabby\nn02\tPersian cat\nn03\tgoldfish\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    with tarfile.open(data / "tiny-imagenet-subset.tar.gz", "w:gz") as tar:
+        tar.add(source, arcname="tiny-imagenet")
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data))
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path / "cache"))
+    attacker = load_dataset("tiny-imagenet-attacker")
+    assert len(attacker) == 9 and len(load_dataset("tiny-imagenet-defender")) == 3
+    assert attacker.class_groups == {"cat": [0, 1], "goldfish": [2]}
+
+
+@pytest.mark.parametrize(
+    "name", ["cifar10-jpeg", "tiny-imagenet-attacker", "tiny-imagenet-defender"]
+)
+def test_missing_archive_is_a_clear_error(name, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MissingDataError, match=r"archive .* is missing.*TESTBED_DATA_DIR"):
+        load_dataset(name)
+
+
+def test_unknown_dataset_and_split_are_clear_errors():
+    with pytest.raises(UnknownNameError, match="unknown dataset 'imagenet-42'.*digits"):
+        load_dataset("imagenet-42")
+    with pytest.raises(TestbedError, match="unknown split"):
+        load_dataset("digits", "validation")
+    assert {"digits", "natural", "noise", "cifar10-jpeg", "mnist", "svhn"} <= set(dataset_names())
+
+
+def _idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_loader_reads_its_real_file_format(tmp_path: Path, monkeypatch):
+    """torchvision's MNIST class reads IDX files we write: the real loading code, offline."""
+    raw = tmp_path / "cache" / "torchvision" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), 2049)
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path / "cache"))
+    mnist = load_dataset("mnist", "test")
+    assert len(mnist) == 5 and mnist.image(0).shape == (28, 28, 3)
+    assert len(mnist.classes) == 10
+
+
+def test_torchvision_dataset_absent_without_download_is_a_clear_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TESTBED_DOWNLOAD", "0")
+    with pytest.raises(MissingDataError, match="TESTBED_DOWNLOAD=1"):
+        load_dataset("svhn")

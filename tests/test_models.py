@@ -1,0 +1,88 @@
+import urllib.error
+
+import pytest
+import torch
+
+from shared.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from shared.errors import TestbedError, UnknownNameError
+from shared.models import arch_names, create_model
+
+
+@pytest.mark.parametrize("arch", arch_names())
+def test_every_architecture_builds_with_the_asked_number_of_classes(arch):
+    model = create_model(arch, 7).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        features = model.features(x)
+    assert logits.shape == (2, 7)
+    assert features.shape[0] == 2 and features.shape[1] == model.head.in_features
+    assert torch.isfinite(logits).all()
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(UnknownNameError, match="unknown architecture 'resnet1000'.*cnn5"):
+        create_model("resnet1000", 10)
+
+
+def test_imagenet_weights_offline_give_a_clear_error(monkeypatch):
+    """No network here: simulate the failed fetch that torchvision's weights API would see."""
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(TestbedError, match="could not load ImageNet weights for resnet18"):
+        create_model("resnet18", 10, weights="imagenet")
+    with pytest.raises(TestbedError, match="no ImageNet weights"):
+        create_model("cnn9", 10, weights="imagenet")
+
+
+def test_local_weights_file_loads_torchvision_state_dict(tmp_path):
+    import torchvision
+
+    source = torchvision.models.resnet18()
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = create_model("resnet18", 4, weights=tmp_path / "r18.pth")
+    assert torch.equal(model.body.conv1.weight, source.conv1.weight)
+    assert model.head.out_features == 4
+    with pytest.raises(TestbedError, match="does not exist"):
+        create_model("resnet18", 4, weights=tmp_path / "missing.pth")
+
+
+def _card(**kw) -> ModelCard:
+    base = dict(arch="cnn5", num_classes=3, classes=["a", "b", "c"], input_size=32,
+                mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5], dataset="digits", seed=7,
+                test_accuracy=0.5, extra={"epochs": 1})  # fmt: skip
+    return ModelCard(**{**base, **kw})
+
+
+def test_checkpoint_round_trip_restores_model_and_card(tmp_path):
+    model = create_model("cnn5", 3, mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5]).eval()
+    card = _card()
+    path = save_checkpoint(tmp_path / "m.pt", model, card)
+    loaded, loaded_card = load_checkpoint(path)
+    assert loaded_card == card
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+    assert not loaded.training
+
+
+def test_checkpoint_from_our_file_seeds_a_new_model_except_the_head(tmp_path):
+    model = create_model("cnn5", 3)
+    save_checkpoint(tmp_path / "m.pt", model, _card())
+    new = create_model("cnn5", 10, weights=tmp_path / "m.pt")
+    assert torch.equal(new.body[0][0].weight, model.body[0][0].weight)
+    assert new.head.out_features == 10
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TestbedError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(TestbedError, match="not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(TestbedError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.pt")

@@ -1,0 +1,283 @@
+"""The victim's prediction API.
+
+Run as `uvicorn victim_service.app:create_app --factory` (settings from `VICTIM_*` variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from defense.service_steps import build_steps
+from shared.checkpoint import load_checkpoint
+from shared.device import resolve_device
+from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
+from shared.pipeline import Blackbox, Granularity
+from shared.schemas import ErrorBody, ModelInfo, PredictJSONRequest, PredictResponse
+from victim_service.batching import MicroBatcher
+from victim_service.errors import ApiError, install_error_handlers
+from victim_service.limits import BodySizeLimitMiddleware, RateLimiter, check_api_key, client_id
+from victim_service.metrics import ServiceMetrics
+from victim_service.settings import VictimSettings
+
+IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
+
+
+def load_blackbox(settings: VictimSettings) -> Blackbox:
+    """The checkpoint, its defenses and its granularity as one black box (also used offline)."""
+    device = resolve_device(settings.device)
+    model, card = load_checkpoint(settings.checkpoint, device)
+    model = model.to(memory_format=torch.channels_last)
+    steps = build_steps(settings, model, card, device)
+    granularity = Granularity(settings.output, settings.top_k, settings.round_decimals)
+    return Blackbox(model, card.input_size, steps, granularity, device, amp=settings.amp)
+
+
+def _run_batch(blackbox: Blackbox, metrics: ServiceMetrics):
+    def run(images: np.ndarray, clients: list[str]) -> list[tuple[dict, bool]]:
+        batch = blackbox.answer(images, clients)
+        for name, mask in batch.flags.items():
+            if (flagged := int(mask.sum())) > 0:
+                metrics.flagged.labels(defense=name).inc(flagged)
+        predictions = blackbox.granularity.format(batch)
+        return list(zip(predictions, batch.mask("rejected").tolist(), strict=True))
+
+    return run
+
+
+def authenticate(request: Request) -> str:
+    """The client's accounting id, after checking its API key when keys are configured."""
+    settings: VictimSettings = request.app.state.settings
+    key = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if key is None and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    check_api_key(key, settings.api_keys)
+    return client_id(key if settings.api_keys else None, request.client and request.client.host)
+
+
+Client = Annotated[str, Depends(authenticate)]
+
+
+def create_app(settings: VictimSettings | None = None) -> FastAPI:
+    settings = settings or VictimSettings()
+    metrics = ServiceMetrics()
+    limiter = (
+        RateLimiter(settings.rate_limit, settings.rate_burst or settings.max_images)
+        if settings.rate_limit
+        else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        blackbox = await asyncio.to_thread(load_blackbox, settings)
+        batcher = MicroBatcher(
+            _run_batch(blackbox, metrics), settings.batch_max_size, settings.batch_max_wait_ms
+        )
+        await batcher.start()
+        app.state.blackbox, app.state.batcher = blackbox, batcher
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        await batcher.stop()
+
+    app = FastAPI(
+        title="Victim prediction API",
+        version="1",
+        description="An image classifier behind a prediction API, with configurable output "
+        "granularity and defenses against model extraction.",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
+    install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        on_refuse=lambda kind: metrics.errors.labels(kind=kind).inc(),
+    )
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 429)},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "images": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
+                            "required": ["images"],
+                        }
+                    },
+                    "application/json": {"schema": PredictJSONRequest.model_json_schema()},
+                },
+            }
+        },
+        summary="Classify one or many images",
+    )
+    async def predict(request: Request, client: Client) -> JSONResponse:
+        """Images as multipart `images` files or JSON base64; one prediction each, in order."""
+        start = time.perf_counter()
+        try:
+            payloads = await read_payloads(request, settings)
+            if limiter is not None:
+                limiter.take(client, len(payloads))
+            images = await asyncio.to_thread(
+                decode_all, payloads, settings.max_pixels, request.app.state.blackbox.input_size
+            )
+            rows = await request.app.state.batcher.submit(images, client)
+        except ApiError as exc:
+            metrics.requests.labels(status=str(exc.status)).inc()
+            raise
+        rejected = [i for i, (_, refused) in enumerate(rows) if refused]
+        metrics.count_client(client, len(rows))
+        if rejected:
+            metrics.requests.labels(status="403").inc()
+            raise ApiError(
+                403, "query_refused", "the query was refused by the service's defenses", rejected[0]
+            )
+        metrics.requests.labels(status="200").inc()
+        metrics.images.inc(len(rows))
+        metrics.latency.observe(time.perf_counter() - start)
+        return JSONResponse({"output": settings.output, "predictions": [p for p, _ in rows]})
+
+    @app.get("/v1/model", response_model=ModelInfo, summary="What the API discloses")
+    async def model_info(request: Request, _: Client) -> ModelInfo:
+        blackbox: Blackbox = request.app.state.blackbox
+        return ModelInfo(
+            num_outputs=blackbox.model.num_classes,
+            input_size=blackbox.input_size,
+            output=settings.output,
+            top_k=settings.top_k if settings.output == "topk" else None,
+            round_decimals=settings.round_decimals,
+            max_images_per_request=settings.max_images,
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+    @app.get("/healthz", summary="Alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Model loaded", responses={503: {"model": ErrorBody}})
+    async def readyz(request: Request) -> dict:
+        if not request.app.state.ready:
+            raise ApiError(503, "not_ready", "the model is not loaded yet")
+        return {"status": "ready"}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def read_payloads(request: Request, settings: VictimSettings) -> list[bytes]:
+    """The raw image files of a request, multipart or JSON; refusals name the image's position."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        payloads = await _read_multipart(request, settings)
+    elif content_type == "application/json":
+        payloads = await _read_json(request)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {content_type or '(none)'!r} is not accepted; "
+            "send multipart/form-data with 'images' files or application/json",
+        )
+    if not payloads:
+        raise ApiError(422, "no_images", "the request holds no images")
+    if len(payloads) > settings.max_images:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"{len(payloads)} images in one request; the limit is {settings.max_images}",
+        )
+    return payloads
+
+
+async def _read_multipart(request: Request, settings: VictimSettings) -> list[bytes]:
+    limit = settings.max_images * 4 + 16
+    try:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except StarletteHTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            raise ApiError(
+                413, "too_many_images", f"over the limit of {settings.max_images} images"
+            ) from None
+        raise ApiError(
+            400, "malformed_multipart", f"malformed multipart body: {exc.detail}"
+        ) from None
+    payloads = []
+    for position, part in enumerate(form.getlist("images")):
+        if isinstance(part, str):
+            raise ApiError(422, "not_a_file", "each 'images' part must be a file", position)
+        declared = (part.content_type or "application/octet-stream").lower()
+        if not declared.startswith(IMAGE_CONTENT_TYPES):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"part declared as {declared!r}, not an image",
+                position,
+            )
+        payloads.append(await part.read())
+    await form.close()
+    return payloads
+
+
+async def _read_json(request: Request) -> list[bytes]:
+    try:
+        document = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        body = PredictJSONRequest.model_validate(document)
+    except ValidationError as exc:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "expected {'images': [<base64 string>, ...]}: "
+            + "; ".join(e["msg"] for e in exc.errors()[:3]),
+        ) from None
+    payloads = []
+    for position, text in enumerate(body.images):
+        try:
+            payloads.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                422, "invalid_base64", "the image is not valid base64", position
+            ) from None
+    return payloads
+
+
+def decode_all(payloads: list[bytes], max_pixels: int, input_size: int) -> np.ndarray:
+    out = np.empty((len(payloads), input_size, input_size, 3), dtype=np.uint8)
+    for position, data in enumerate(payloads):
+        try:
+            out[position] = resize(decode_image(data, max_pixels), input_size)
+        except ImageTooLargeError as exc:
+            raise ApiError(413, exc.kind, str(exc), position) from None
+        except ImageError as exc:
+            raise ApiError(400, exc.kind, str(exc), position) from None
+    return out

@@ -1,0 +1,81 @@
+"""`victim-service`: train a victim, serve it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.cli import friendly
+
+app = typer.Typer(
+    help="The victim owner's side: train a model and serve it behind an API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+@friendly
+def train(
+    dataset: Annotated[
+        str, typer.Option(help="registry name, e.g. digits, cifar10-jpeg")
+    ] = "digits",
+    arch: Annotated[str, typer.Option(help="architecture, e.g. cnn5, cnn9, resnet18")] = "cnn5",
+    epochs: int = 15,
+    out: Path = Path("runs/victim.pt"),
+    batch_size: int = 64,
+    lr: float = 0.05,
+    input_size: int = 32,
+    weights: Annotated[str | None, typer.Option(help="'imagenet' or a local weights file")] = None,
+    seed: int = 0,
+    device: str = "auto",
+    amp: Annotated[bool, typer.Option(help="bf16 autocast where supported")] = True,
+) -> None:
+    """Train a victim (seeded, best epoch chosen on a validation split) and write its checkpoint."""
+    from victim_service.train import train_victim
+
+    result = train_victim(
+        dataset, arch, out, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size,
+        weights=weights, seed=seed, device=device, amp=amp,
+    )  # fmt: skip
+    typer.echo(
+        f"victim {arch} on {dataset}: test accuracy {result.test_accuracy:.4f} "
+        f"(validation {result.val_accuracy:.4f}, {result.seconds:.0f} s) -> {result.checkpoint}"
+    )
+
+
+@app.command()
+@friendly
+def serve(
+    checkpoint: Annotated[Path, typer.Option(help="victim checkpoint")] = Path("runs/victim.pt"),
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    output: Annotated[str | None, typer.Option(help="probs | topk | label")] = None,
+    top_k: int | None = None,
+    round_decimals: int | None = None,
+    device: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the checkpoint; every other setting comes from VICTIM_* environment variables."""
+    import uvicorn
+
+    from shared.errors import TestbedError
+    from victim_service.app import create_app
+    from victim_service.settings import VictimSettings
+
+    if not checkpoint.exists():
+        raise TestbedError(
+            f"checkpoint {checkpoint} does not exist; train one with `victim-service train`"
+        )
+    overrides = {"checkpoint": checkpoint, "output": output, "top_k": top_k,
+                 "round_decimals": round_decimals, "device": device}  # fmt: skip
+    settings = VictimSettings(**{k: v for k, v in overrides.items() if v is not None})
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+if __name__ == "__main__":
+    app()

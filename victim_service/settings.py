@@ -1,0 +1,65 @@
+"""The service's whole configuration, from `VICTIM_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.schemas import OutputMode
+
+
+class VictimSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VICTIM_", env_file=None, extra="ignore")
+
+    checkpoint: Path = Path("runs/victim.pt")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast where the hardware supports it")
+
+    # output granularity
+    output: OutputMode = "probs"
+    top_k: int = Field(5, ge=1)
+    round_decimals: int | None = Field(None, ge=0, le=12)
+
+    # limits on hostile input
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(4096 * 4096, ge=1)
+    max_images: int = Field(64, ge=1)
+
+    # access control
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rate_limit: float | None = Field(None, gt=0, description="images per second per client")
+    rate_burst: int | None = Field(None, ge=1, description="bucket size in images")
+
+    # micro-batching across concurrent requests
+    batch_max_size: int = Field(128, ge=1)
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+
+    # defenses (see defense/)
+    ood_detector: Path | None = None
+    ood_action: Literal["shuffle", "reject", "label"] = "shuffle"
+    reverse_sigmoid_beta: float | None = Field(None, gt=0)
+    reverse_sigmoid_gamma: float = Field(1.0, gt=0)
+    noise_std: float | None = Field(None, gt=0)
+    prada_threshold: float | None = Field(None, gt=0, lt=1)
+    prada_min_queries: int = Field(20, ge=3)
+    prada_history: int = Field(2000, ge=10)
+    prada_action: Literal["shuffle", "reject", "label"] = "reject"
+    seed: int = 0
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _burst_covers_a_request(self) -> VictimSettings:
+        if self.rate_limit is not None and self.rate_burst is None:
+            self.rate_burst = max(self.max_images, int(self.rate_limit))
+        if self.rate_burst is not None and self.rate_burst < self.max_images:
+            raise ValueError("VICTIM_RATE_BURST must be at least VICTIM_MAX_IMAGES")
+        return self
