@@ -80,7 +80,9 @@ class Granularity:
             return [{"label": lab} for lab in labels]
         if self.mode == "topk":
             k = min(self.top_k, probs.shape[1])
-            values, indices = torch.topk(probs, k, dim=1)
+            # a stable sort breaks ties by index, like argmax, so top_k[0] is always the label
+            values, indices = torch.sort(probs, dim=1, descending=True, stable=True)
+            values, indices = values[:, :k], indices[:, :k]
             rows = [
                 {"top_k": [{"index": i, "probability": v} for i, v in zip(ix, vs, strict=True)]}
                 for ix, vs in zip(indices.tolist(), values.tolist(), strict=True)

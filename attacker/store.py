@@ -1,0 +1,191 @@
+"""The transfer set in SQLite through SQLAlchemy 2.0: one row per run, one row per answered image.
+
+WAL journaling with synchronous=NORMAL survives a killed process without losing a committed
+row; unique constraints on (run, position) and (run, pool index) make a resumed run unable to
+store an image twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+from shared.errors import TestbedError
+
+if TYPE_CHECKING:
+    from shared.datasets import ImageDataset
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One attack run: where it queried, with what, and what the API disclosed."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    victim_url: Mapped[str] = mapped_column(String(500))
+    pool: Mapped[str] = mapped_column(String(500))
+    pool_size: Mapped[int | None] = mapped_column(Integer)
+    pool_image_size: Mapped[int | None] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(String(50))
+    budget: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    output_mode: Mapped[str | None] = mapped_column(String(20))
+    num_outputs: Mapped[int | None] = mapped_column(Integer)
+    input_size: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    queries: Mapped[list[Query]] = relationship(back_populates="run", order_by="Query.position")
+
+
+class Query(Base):
+    """One image sent and the answer as returned (probabilities, top-k or label)."""
+
+    __tablename__ = "queries"
+    __table_args__ = (
+        UniqueConstraint("run_id", "position", name="uq_run_position"),
+        UniqueConstraint("run_id", "pool_index", name="uq_run_pool_index"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    """Order in the run's query plan, 0 .. budget - 1; a prefix is a smaller budget."""
+    pool_index: Mapped[int] = mapped_column(Integer)
+    reference: Mapped[str] = mapped_column(String(1000))
+    """Reloadable: `pool#index` for generated pools, the file path for folders."""
+    sha256: Mapped[str] = mapped_column(String(64))
+    """Hash of the exact bytes sent."""
+    answer: Mapped[dict[str, Any]] = mapped_column(JSON)
+    label: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="queries")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def open_store(path: str | Path) -> sessionmaker[Session]:
+    """Open (creating if needed) the transfer-set database; returns a session factory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine: Engine = create_engine(f"sqlite:///{path}", json_serializer=json.dumps)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def answer_label(answer: dict[str, Any]) -> int:
+    """The top class of an answer in any output mode."""
+    if answer.get("label") is not None:
+        return int(answer["label"])
+    if answer.get("top_k"):
+        return int(max(answer["top_k"], key=lambda e: e["probability"])["index"])
+    probs = answer["probabilities"]
+    return int(max(range(len(probs)), key=probs.__getitem__))
+
+
+def answer_probabilities(answer: dict[str, Any], num_outputs: int) -> np.ndarray:
+    """An answer as a probability vector: top-k spreads the rest evenly, a label is one-hot.
+
+    Always finite, non-negative and summing to 1 (what a soft-label trainer needs).
+    """
+    out = np.zeros(num_outputs, dtype=np.float64)
+    if answer.get("probabilities") is not None:
+        out[:] = np.asarray(answer["probabilities"], dtype=np.float64)[:num_outputs]
+    elif answer.get("top_k"):
+        for entry in answer["top_k"]:
+            if 0 <= int(entry["index"]) < num_outputs:
+                out[int(entry["index"])] = float(entry["probability"])
+        out = np.nan_to_num(np.clip(out, 0.0, 1.0))
+        rest, free = 1.0 - out.sum(), num_outputs - len(answer["top_k"])
+        if rest > 0 and free > 0:
+            out[out == 0] = rest / free
+    else:
+        out[min(max(answer_label(answer), 0), num_outputs - 1)] = 1.0
+    out = np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, None)
+    total = out.sum()
+    return out / total if total > 0 else np.full(num_outputs, 1.0 / num_outputs)
+
+
+def load_pool(run: Run) -> ImageDataset:
+    """The run's query pool, rebuilt exactly: `load_dataset(run.pool, size=run.pool_size,
+    image_size=run.pool_image_size, seed=run.seed)`; the run's seed is also the pool's seed."""
+    from shared.datasets import load_dataset
+
+    return load_dataset(run.pool, size=run.pool_size, image_size=run.pool_image_size, seed=run.seed)
+
+
+def sent_image(run: Run, pool: ImageDataset, pool_index: int) -> np.ndarray:
+    """The pixels the victim received for `pool_index` (resized to `params["send_size"]`)."""
+    from shared.imaging import resize
+
+    image = pool.image(int(pool_index))
+    size = (run.params or {}).get("send_size")
+    return resize(image, int(size)) if size else image
+
+
+def load_run(session: Session, run_id: int | None = None) -> Run:
+    """A run by id, or the latest one."""
+    if run_id is not None:
+        run = session.get(Run, run_id)
+    else:
+        run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+    if run is None:
+        raise TestbedError(
+            f"no run {run_id if run_id is not None else ''} in this database".strip()
+        )
+    return run
+
+
+def iter_queries(session: Session, run_id: int, limit: int | None = None) -> Iterator[Query]:
+    """The run's answered queries in plan order (the first `limit` positions)."""
+    stmt = select(Query).where(Query.run_id == run_id).order_by(Query.position)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    yield from session.scalars(stmt)

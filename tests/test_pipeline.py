@@ -1,0 +1,88 @@
+"""The answer pipeline's contract, property-tested: valid outputs, sorted top-k, no mixed rows."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from shared.checkpoint import load_checkpoint
+from shared.pipeline import AnswerBatch, Blackbox, Granularity
+
+logit_batches = st.integers(1, 12).flatmap(
+    lambda c: arrays(
+        np.float32, st.tuples(st.integers(1, 16), st.just(c)), elements=st.floats(-30, 30, width=32)
+    )  # fmt: skip
+)
+
+
+def _batch(logits: np.ndarray, label_only: np.ndarray | None = None) -> AnswerBatch:
+    t = torch.from_numpy(logits)
+    n = len(t)
+    return AnswerBatch(
+        inputs=torch.zeros(n, 3, 2, 2),
+        features=t,
+        logits=t,
+        probs=torch.softmax(t.double(), 1),
+        clients=("c",) * n,
+        label_only=None if label_only is None else torch.from_numpy(label_only),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(logit_batches, st.integers(1, 15), st.sampled_from([None, 0, 2, 4]))
+def test_every_mode_gives_valid_rows_in_order(logits, k, decimals):
+    batch = _batch(logits)
+    argmax = batch.probs.argmax(1).tolist()
+    probs_rows = Granularity("probs", decimals=decimals).format(batch)
+    for row, expected in zip(probs_rows, batch.probs.tolist(), strict=True):
+        p = np.asarray(row["probabilities"])
+        assert len(p) == logits.shape[1] and (p >= 0).all()
+        tol = 0.5 * logits.shape[1] * 10.0 ** -(decimals if decimals is not None else 9)
+        assert abs(p.sum() - 1) <= tol + 1e-9
+        if decimals is None:
+            assert np.allclose(p, expected)
+    top_rows = Granularity("topk", top_k=k).format(batch)
+    for row, top, best in zip(top_rows, argmax, batch.probs.max(1).values.tolist(), strict=True):
+        entries = row["top_k"]
+        assert len(entries) == min(k, logits.shape[1])
+        values = [e["probability"] for e in entries]
+        assert values == sorted(values, reverse=True)
+        assert len({e["index"] for e in entries}) == len(entries)
+        assert entries[0]["index"] == top
+        assert entries[0]["probability"] == pytest.approx(best)
+    labels = [r["label"] for r in Granularity("label").format(batch)]
+    assert labels == argmax
+
+
+@settings(max_examples=40, deadline=None)
+@given(logit_batches, st.sampled_from(["probs", "topk", "label"]), st.data())
+def test_batch_of_n_equals_n_batches_of_one(logits, mode, data):
+    mask = np.asarray(
+        data.draw(st.lists(st.booleans(), min_size=len(logits), max_size=len(logits)))
+    )
+    granularity = Granularity(mode, top_k=3)
+    whole = granularity.format(_batch(logits, mask))
+    singles = [
+        granularity.format(_batch(logits[i : i + 1], mask[i : i + 1]))[0]
+        for i in range(len(logits))
+    ]
+    assert whole == singles
+    for row, label_only, top in zip(
+        whole, mask, _batch(logits).probs.argmax(1).tolist(), strict=True
+    ):
+        if label_only:
+            assert row == {"label": top}
+
+
+def test_blackbox_answers_rows_independently_of_batch(victim_checkpoint):
+    model, card = load_checkpoint(victim_checkpoint)
+    box = Blackbox(model, card.input_size, granularity=Granularity("probs"), amp=False)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    whole = box(images)
+    singles = [box(images[i : i + 1])[0] for i in range(len(images))]
+    for a, b in zip(whole, singles, strict=True):
+        assert np.allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+    assert box.queries == 18
