@@ -1,0 +1,98 @@
+"""Write a transfer set as an ImageFolder-like tree plus a JSON of answers, for other tools.
+
+`<out>/images/<victim label>/<position>_<pool index>.png` holds the exact images the victim saw
+(same bytes, same sha256 as sent); `<out>/answers.json` holds the run and, per image, the answer
+as the API returned it. Folder names are the victim's label indices, zero-padded so that sorting
+them keeps their order; only labels that occur get a folder, so an ImageFolder's own class index
+can differ from the victim's: use the `label` in answers.json for that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
+from shared.errors import TestbedError
+from shared.imaging import encode_image
+
+
+@dataclass
+class ExportResult:
+    run_id: int
+    images: int
+    out: Path
+    answers_json: Path
+
+
+def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> ExportResult:
+    """Export run `run_id` (default: the latest) of the transfer set in `db` to `out`."""
+    db, out = Path(db), Path(out)
+    if not db.exists():
+        raise TestbedError(f"transfer set {db} does not exist")
+    factory = open_store(db)
+    with factory() as session:
+        run = load_run(session, run_id)
+        queries = list(iter_queries(session, run.id))
+    pool = load_pool(run)
+    width = len(str(max((run.num_outputs or 1) - 1, 0)))
+    images_dir = out / "images"
+    entries = []
+    fmt = (run.params or {}).get("image_format", "png")
+    for query in queries:
+        data = encode_image(sent_image(run, pool, query.pool_index), fmt)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != query.sha256:
+            raise TestbedError(
+                f"pool image {query.pool_index} no longer matches what was sent at position "
+                f"{query.position} (sha256 differs): the pool changed since the run"
+            )
+        relative = (
+            Path("images")
+            / f"{query.label:0{width}d}"
+            / (f"{query.position:06d}_{query.pool_index}.png")
+        )
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_bytes(data)
+        entries.append(
+            {
+                "position": query.position,
+                "pool_index": query.pool_index,
+                "reference": query.reference,
+                "sha256": query.sha256,
+                "file": relative.as_posix(),
+                "label": query.label,
+                "answer": query.answer,
+                "latency_ms": query.latency_ms,
+                "created_at": query.created_at.isoformat() if query.created_at else None,
+            }
+        )
+    document = {
+        "run": {
+            "id": run.id,
+            "victim_url": run.victim_url,
+            "pool": run.pool,
+            "pool_size": run.pool_size,
+            "pool_image_size": run.pool_image_size,
+            "seed": run.seed,
+            "strategy": run.strategy,
+            "budget": run.budget,
+            "status": run.status,
+            "output_mode": run.output_mode,
+            "num_outputs": run.num_outputs,
+            "input_size": run.input_size,
+            "params": run.params,
+            "started_at": run.started_at.isoformat() if run.started_at else None,
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        },
+        "images_dir": images_dir.name,
+        "queries": entries,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    answers = out / "answers.json"
+    tmp = answers.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    tmp.replace(answers)
+    return ExportResult(run.id, len(entries), out, answers)

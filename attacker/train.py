@@ -1,0 +1,146 @@
+"""Train knockoffs from a transfer set: one fresh model per budget, chosen on held-out answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacker.losses import answer_loss
+from attacker.transfer import TransferSet, load_transfer_set
+from shared.checkpoint import ModelCard, save_checkpoint
+from shared.device import resolve_device
+from shared.errors import TestbedError
+from shared.models import Classifier, create_model
+from shared.training import TrainConfig, dataset_stats, fit
+
+
+def balance_indices(labels: np.ndarray, seed: int = 0, per_class: int | None = None) -> np.ndarray:
+    """Copycat's balancing: each stolen class randomly over- or under-sampled to one count.
+
+    The count defaults to the mean over the classes present, so the set keeps about its size.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    if len(classes) == 0:
+        return np.empty(0, dtype=np.int64)
+    target = per_class or max(1, round(len(labels) / len(classes)))
+    chosen = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        replace = len(members) < target
+        chosen.append(rng.choice(members, size=target, replace=replace))
+    return rng.permutation(np.concatenate(chosen))
+
+
+@dataclass
+class KnockoffOptions:
+    arch: str = "cnn5"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    weights: str | None = None
+    balance: bool = False
+    val_fraction: float = 0.1
+    pad: int = 2
+    flip: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+
+
+@dataclass
+class KnockoffResult:
+    budget: int
+    checkpoint: Path | None
+    val_agreement: float
+    best_epoch: int
+    seconds: float
+    class_counts: dict[int, int] = field(default_factory=dict)
+
+
+def train_knockoff(
+    transfer: TransferSet, options: KnockoffOptions, out: Path | None = None
+) -> tuple[Classifier, KnockoffResult]:
+    """A fresh model trained on the whole given transfer set (split into train and validation)."""
+    n = len(transfer.images)
+    if n < 10:
+        raise TestbedError(f"a transfer set of {n} answers is too small to train on")
+    device = resolve_device(options.device)
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(n)
+    n_val = max(1, int(n * options.val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    labels = transfer.labels.numpy()
+    if options.balance:
+        train_idx = train_idx[balance_indices(labels[train_idx], options.seed)]
+    mean, std = (None, None) if options.weights else dataset_stats(transfer.images[train_idx])
+    torch.manual_seed(options.seed)  # the same fresh initialisation for every budget
+    model = create_model(
+        options.arch, transfer.num_classes, weights=options.weights, mean=mean, std=std
+    )
+    config = TrainConfig(
+        epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, pad=options.pad,
+        flip=options.flip, seed=options.seed, amp=options.amp, progress=options.progress,
+        description=f"knockoff {options.arch} ({n} queries)",
+    )  # fmt: skip
+    result = fit(
+        model, transfer.images[train_idx], transfer.targets[train_idx],
+        answer_loss(transfer.mode), config, device,
+        x_val=transfer.images[val_idx], val_labels=transfer.labels[val_idx],
+    )  # fmt: skip
+    counts = dict(zip(*np.unique(labels[train_idx], return_counts=True), strict=True))
+    summary = KnockoffResult(
+        budget=n,
+        checkpoint=None,
+        val_agreement=result.best_val_accuracy,
+        best_epoch=result.best_epoch,
+        seconds=result.seconds,
+        class_counts={int(k): int(v) for k, v in counts.items()},
+    )
+    if out is not None:
+        card = ModelCard(
+            arch=options.arch,
+            num_classes=transfer.num_classes,
+            classes=[str(i) for i in range(transfer.num_classes)],
+            input_size=transfer.input_size,
+            mean=[float(v) for v in model.mean.flatten()],
+            std=[float(v) for v in model.std.flatten()],
+            dataset=f"transfer-set run {transfer.run['id']} ({transfer.run['pool']})",
+            seed=options.seed,
+            extra={
+                "budget": n,
+                "output_mode": transfer.mode,
+                "run": transfer.run,
+                "options": {k: v for k, v in asdict(options).items() if k != "progress"},
+                "val_agreement": result.best_val_accuracy,
+                "best_epoch": result.best_epoch,
+            },  # fmt: skip
+        )
+        summary.checkpoint = save_checkpoint(out, model.cpu(), card)
+    return model, summary
+
+
+def budget_path(out: Path, budget: int, several: bool) -> Path:
+    return out.with_name(f"{out.stem}-{budget}{out.suffix}") if several else out
+
+
+def train_budgets(
+    db: Path,
+    budgets: Sequence[int | None],
+    options: KnockoffOptions,
+    out: Path,
+    run_id: int | None = None,
+) -> list[KnockoffResult]:
+    """One fresh knockoff per budget, each on the first `budget` answers of the run."""
+    results = []
+    for budget in budgets:
+        transfer = load_transfer_set(db, run_id, budget)
+        path = budget_path(out, len(transfer.images), len(budgets) > 1)
+        _, result = train_knockoff(transfer, options, path)
+        results.append(result)
+    return results

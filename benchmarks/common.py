@@ -1,0 +1,39 @@
+"""What the benchmarks share: a CIFAR-sized throwaway victim and sample payloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.checkpoint import ModelCard, save_checkpoint
+from shared.imaging import encode_image
+from shared.models import create_model
+
+
+def throwaway_victim(path: Path, arch: str = "cnn9", num_classes: int = 10, seed: int = 0) -> Path:
+    """A randomly initialised 32x32 victim: throughput does not depend on training."""
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes)
+    card = ModelCard(
+        arch=arch, num_classes=num_classes, classes=[str(i) for i in range(num_classes)],
+        input_size=32, mean=[0.5] * 3, std=[0.25] * 3, dataset="none", seed=seed,
+    )  # fmt: skip
+    return save_checkpoint(path, model, card)
+
+
+def sample_images(n: int = 256, side: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def sample_payloads(n: int = 256, side: int = 32, seed: int = 0) -> list[bytes]:
+    return [encode_image(im) for im in sample_images(n, side, seed)]
+
+
+def write_json(path: Path | None, results: dict) -> None:
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n")

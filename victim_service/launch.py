@@ -1,0 +1,89 @@
+"""Start the real service with uvicorn on a free loopback port, in a thread or a subprocess.
+
+Used by the demo, the benchmarks and the tests: one way to launch, wait for readiness and stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from shared.errors import TestbedError
+from victim_service.app import create_app
+from victim_service.settings import VictimSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll /readyz until the model is loaded; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TestbedError(f"the victim service exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TestbedError(f"the victim service at {url} did not become ready in {timeout:.0f} s")
+
+
+@contextmanager
+def running_service(settings: VictimSettings, app=None) -> Iterator[str]:
+    """uvicorn in a background thread of this process; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app or create_app(settings), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def service_process(
+    env: dict[str, str], port: int | None = None, log_level: str = "warning"
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`uvicorn victim_service.app:create_app --factory` as a child process, configured by env."""
+    port = port or free_port()
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "uvicorn", "victim_service.app:create_app", "--factory",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]  # fmt: skip
+    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process=process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
