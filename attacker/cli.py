@@ -17,16 +17,6 @@ app = typer.Typer(
 
 @app.command()
 @friendly
-def demo(out: Path = Path("runs/demo")) -> None:
-    """Train (and cache) the default digits victim and print its test accuracy."""
-    from victim_service.train import train_victim
-
-    result = train_victim("digits", "cnn5", out / "victim.pt", epochs=15, batch_size=64, lr=0.05)
-    typer.echo(f"victim test accuracy: {result.test_accuracy:.4f}")
-
-
-@app.command()
-@friendly
 def query(
     url: str = typer.Option(..., help="Base URL of the prediction API, e.g. http://127.0.0.1:8000"),
     pool: str = typer.Option(
@@ -73,6 +63,113 @@ def export(
 
     result = export_run(db, out, run)
     typer.echo(f"run {result.run_id}: {result.images} images -> {result.answers_json.parent}")
+
+
+@app.command()
+@friendly
+def train(
+    db: Path = typer.Option(Path("runs/transfer.sqlite"), help="Transfer-set SQLite file"),
+    run: int | None = typer.Option(None, help="Run id (default: the latest)"),
+    budget: int | None = typer.Option(None, help="Train on the first N answers only"),
+    budgets: str | None = typer.Option(
+        None, help="Comma-separated budgets: one fresh knockoff per prefix, plus a curve"
+    ),
+    arch: str = typer.Option("cnn5", help="Knockoff architecture (any of the registry)"),
+    epochs: int = typer.Option(30),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.05),
+    out: Path = typer.Option(Path("runs/knockoff.pt"), help="Checkpoint to write"),
+    balance: bool = typer.Option(False, help="Copycat's class balancing of the stolen labels"),
+    weights: str | None = typer.Option(None, help="'imagenet' or a local weights file"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    victim: Path | None = typer.Option(
+        None, help="With --budgets: a victim checkpoint to evaluate each knockoff against"
+    ),
+    dataset: str | None = typer.Option(None, help="With --victim: the labelled test dataset"),
+) -> None:
+    """Train a knockoff on the answers (soft, top-k or hard labels, whatever the API gave)."""
+    from attacker.train import KnockoffOptions, train_budgets
+
+    options = KnockoffOptions(
+        arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weights=weights,
+        balance=balance, seed=seed, device=device,
+    )  # fmt: skip
+    sizes = [int(b) for b in budgets.split(",")] if budgets else [budget]
+    results = train_budgets(db, sizes, options, out, run)
+    points = []
+    for r in results:
+        typer.echo(f"budget {r.budget}: validation agreement {r.val_agreement:.4f} "
+                   f"(epoch {r.best_epoch}, {r.seconds:.0f} s) -> {r.checkpoint}")  # fmt: skip
+        if victim is not None and dataset is not None:
+            from attacker.evaluate import evaluate
+
+            e = evaluate(r.checkpoint, victim, dataset, "test", device=device)
+            points.append({"budget": r.budget, **{k: e[k] for k in (
+                "victim_accuracy", "knockoff_accuracy", "recovery", "agreement")}})  # fmt: skip
+            typer.echo(f"  knockoff accuracy {e['knockoff_accuracy']:.4f}, recovery "
+                       f"{e['recovery']:.3f}, agreement {e['agreement']:.3f}")  # fmt: skip
+    if len(points) > 1:
+        import json
+
+        from attacker.evaluate import plot_budget_curve
+
+        curve = plot_budget_curve(points, out.with_name(f"{out.stem}-budgets.png"))
+        out.with_name(f"{out.stem}-budgets.json").write_text(json.dumps(points, indent=2))
+        typer.echo(f"curve -> {curve}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    knockoff: Path = typer.Option(Path("runs/knockoff.pt")),
+    victim: str = typer.Option("runs/victim.pt", help="Victim checkpoint, or the API's URL"),
+    dataset: str = typer.Option("digits", help="Labelled dataset of the victim's task"),
+    split: str = typer.Option("test"),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the figures here"),
+    plots: Path = typer.Option(Path("runs/evaluation"), help="Folder for table and PNG plots"),
+    api_key: str | None = typer.Option(None, envvar="ATTACKER_API_KEY"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Victim vs knockoff: accuracy, recovery, agreement, macro accuracy, per class; plots."""
+    from attacker.evaluate import evaluate as run_evaluation
+    from attacker.evaluate import markdown_table, save_outputs
+
+    result = run_evaluation(knockoff, victim, dataset, split, api_key=api_key, device=device)
+    save_outputs(result, plots, json_out)
+    typer.echo(markdown_table(result))
+
+
+@app.command()
+@friendly
+def demo(
+    preset: str = typer.Option("default", help="default (digits, offline) or realistic (CIFAR-10)"),
+    victim_dataset: str | None = typer.Option(None),
+    victim_arch: str | None = typer.Option(None),
+    pool: str | None = typer.Option(
+        None, help="Query pool (natural, noise, tiny-imagenet-attacker)"
+    ),
+    pool_size: int | None = typer.Option(None),
+    budget: int | None = typer.Option(None, help="Queries (images)"),
+    output: str | None = typer.Option(None, help="Granularity: probs | topk | label"),
+    strategy: str | None = typer.Option(None, help="random | adaptive"),
+    knockoff_arch: str | None = typer.Option(None),
+    knockoff_epochs: int | None = typer.Option(None),
+    balance: bool | None = typer.Option(None, "--balance/--no-balance"),
+    seed: int | None = typer.Option(None),
+    out: Path | None = typer.Option(None, help="Report folder"),
+) -> None:
+    """The whole attack on a live local API, offline; writes <out>/report.json."""
+    from attacker.demo import preset as make_preset
+    from attacker.demo import run_demo
+
+    config = make_preset(
+        preset, victim_dataset=victim_dataset, victim_arch=victim_arch, pool=pool,
+        pool_size=pool_size, budget=budget, output=output, strategy=strategy,
+        knockoff_arch=knockoff_arch, knockoff_epochs=knockoff_epochs, balance=balance,
+        seed=seed, out=out,
+    )  # fmt: skip
+    run_demo(config, say=typer.echo)
 
 
 @app.callback()

@@ -293,3 +293,24 @@ class PredictClient:
             kind, message = _error_text(response)
             raise _Retry(f"HTTP {status} {kind or ''} {message}".strip())
         raise _fatal(response, self.url)
+
+
+def labels_via_api(
+    url: str, images: Any, *, api_key: str | None = None, batch_size: int = 32
+) -> list[int]:
+    """The victim's top class for each (H, W, 3) image, read through its API like any client."""
+    from attacker.store import answer_label
+    from shared.imaging import encode_image
+
+    async def ask() -> list[int]:
+        async with PredictClient(url, api_key=api_key) as client:
+            info = await client.model_info()
+            size = min(batch_size, info.max_images_per_request)
+            batches = [
+                [encode_image(im) for im in images[s : s + size]]
+                for s in range(0, len(images), size)
+            ]
+            answers = await asyncio.gather(*(client.predict(b) for b in batches))
+        return [answer_label(a) for batch in answers for a in batch]
+
+    return asyncio.run(ask())

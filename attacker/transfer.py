@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacker.store import Run, iter_queries, load_run, open_store
-from shared.datasets import ImageDataset, load_dataset
+from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
 from shared.errors import TestbedError
 from shared.imaging import resize
 from shared.training import to_tensor
@@ -27,11 +26,6 @@ class TransferSet:
     num_classes: int
     input_size: int
     run: dict
-
-
-def pool_of(run: Run) -> ImageDataset:
-    """The attacker's own pool, rebuilt exactly as the query run built it."""
-    return load_dataset(run.pool, size=run.pool_size, image_size=run.pool_image_size, seed=run.seed)
 
 
 def encode_answer(answer: dict, num_classes: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -80,8 +74,8 @@ def load_transfer_set(
             raise TestbedError(f"run {run.id} has {len(queries)} answers, fewer than {budget}")
         num_classes = run.num_outputs or _infer_classes(queries[0].answer)
         size = run.input_size or 32
-        pool = pool_of(run)
-        images = np.stack([resize(pool.image(q.pool_index), size) for q in queries])
+        pool = load_pool(run)
+        images = np.stack([resize(sent_image(run, pool, q.pool_index), size) for q in queries])
         encoded = [encode_answer(q.answer, num_classes) for q in queries]
         mode = answer_mode(queries[0].answer)
         info = {"id": run.id, "victim_url": run.victim_url, "pool": run.pool,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
+from attacker.client import multipart_body
+
 
 @dataclass
 class LoadResult:
@@ -49,13 +51,13 @@ async def generate_load(
             nonlocal errors, images
             i = w * images_per_request
             while time.perf_counter() < deadline:
-                files = [
-                    ("images", (f"{k}.png", payloads[(i + k) % len(payloads)], "image/png"))
-                    for k in range(images_per_request)
-                ]
+                images = [payloads[(i + k) % len(payloads)] for k in range(images_per_request)]
+                body, content_type = multipart_body(images)
                 i += images_per_request * concurrency
                 t0 = time.perf_counter()
-                response = await client.post("/v1/predict", files=files)
+                response = await client.post(
+                    "/v1/predict", content=body, headers={"content-type": content_type}
+                )
                 t1 = time.perf_counter()
                 if t0 >= start and t1 <= deadline:
                     if response.status_code == 200:

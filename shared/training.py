@@ -46,6 +46,19 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -
     return x
 
 
+def one_cycle(total_steps: int, warmup_fraction: float = 0.25) -> Callable[[int], float]:
+    """Linear warm-up to the peak rate, then linear decay to zero; sane for any step count."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+    decay = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / decay)
+
+    return factor
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -78,7 +91,7 @@ def fit(
     x_val: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
 ) -> FitResult:
-    """Train with SGD + one-cycle LR; keep the weights with the best validation accuracy."""
+    """SGD (Nesterov), one-cycle learning rate; keeps the weights best on validation."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -96,8 +109,8 @@ def fit(
     )
     n = len(x_train)
     steps_per_epoch = max(1, (n + config.batch_size - 1) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.25
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, one_cycle(config.epochs * steps_per_epoch, warmup_fraction=0.25)
     )
     best_state, best_acc, best_epoch = None, -1.0, -1
     history: list[dict] = []

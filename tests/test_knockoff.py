@@ -1,0 +1,192 @@
+"""Knockoff losses, balancing, fresh models per budget, evaluation, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from attacker.demo import DemoConfig, run_demo
+from attacker.evaluate import evaluate, save_outputs
+from attacker.losses import answer_loss, hard_cross_entropy, soft_cross_entropy, topk_cross_entropy
+from attacker.store import Query, Run, open_store
+from attacker.train import KnockoffOptions, balance_indices, train_budgets
+from attacker.transfer import encode_answer, load_transfer_set
+from shared.checkpoint import load_checkpoint
+from shared.datasets import load_dataset
+from shared.pipeline import Blackbox
+from tests.servers import running_service
+from victim_service.settings import VictimSettings
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_soft_cross_entropy_on_a_hand_made_batch():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    probs = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    expected = (math.log(2) + -math.log(0.75)) / 2
+    assert soft_cross_entropy(logits, probs).item() == pytest.approx(expected)
+
+
+def test_hard_cross_entropy_on_a_hand_made_batch():
+    logits = torch.tensor([[math.log(3.0), 0.0, 0.0]])
+    assert hard_cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(-math.log(0.6))
+    assert hard_cross_entropy(logits, torch.tensor([2])).item() == pytest.approx(-math.log(0.2))
+
+
+def test_topk_loss_uses_only_what_was_disclosed():
+    probs = torch.tensor([[0.7, 0.0, 0.0, 0.0]])
+    known = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    uniform = torch.zeros(1, 4)
+    expected = -0.7 * math.log(0.25) - 0.3 * math.log(0.75)
+    assert topk_cross_entropy(uniform, probs, known).item() == pytest.approx(expected)
+    # moving mass between undisclosed classes changes nothing: no probabilities are invented
+    a = torch.tensor([[1.0, math.log(3.0), 0.0, 0.0]])  # unknown classes' weights 3 + 1 + 1
+    b = torch.tensor([[1.0, 0.0, math.log(2.0), math.log(2.0)]])  # 1 + 2 + 2: the same total
+    assert topk_cross_entropy(a, probs, known).item() == pytest.approx(
+        topk_cross_entropy(b, probs, known).item(), abs=1e-5
+    )
+
+
+def test_topk_loss_with_everything_known_is_the_soft_loss_and_has_finite_gradients():
+    logits = torch.randn(5, 6, requires_grad=True)
+    probs = torch.softmax(torch.randn(5, 6), 1)
+    full = topk_cross_entropy(logits, probs, torch.ones(5, 6))
+    assert full.item() == pytest.approx(soft_cross_entropy(logits, probs).item(), rel=1e-6)
+    full.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_answers_become_targets_and_masks_per_mode():
+    target, known, label = encode_answer({"probabilities": [0.2, 0.5, 0.3]}, 3)
+    assert np.allclose(target, [0.2, 0.5, 0.3]) and known.all() and label == 1
+    target, known, label = encode_answer(
+        {"top_k": [{"index": 2, "probability": 0.6}, {"index": 0, "probability": 0.3}]}, 4
+    )
+    assert np.allclose(target, [0.3, 0, 0.6, 0]) and list(known) == [1, 0, 1, 0] and label == 2
+    target, known, label = encode_answer({"label": 3}, 4)
+    assert list(target) == [0, 0, 0, 1] and known.all() and label == 3
+    y = torch.from_numpy(np.stack([target, known]))[None]
+    assert answer_loss("label")(torch.zeros(1, 4), y).item() == pytest.approx(math.log(4))
+
+
+# --------------------------------------------------------------------------- balancing
+
+
+def test_balancing_gives_every_stolen_class_the_same_count():
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 20)
+    chosen = balance_indices(labels, seed=1)
+    counts = np.bincount(labels[chosen])
+    assert list(counts) == [25, 25, 25]
+    assert set(chosen[labels[chosen] == 1]) == set(range(50, 55))  # over-sampled: all kept
+    assert len(set(chosen[labels[chosen] == 0])) == 25  # under-sampled without replacement
+    assert list(np.bincount(labels[balance_indices(labels, seed=1, per_class=7)])) == [7, 7, 7]
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+@pytest.fixture(scope="module")
+def transfer_db(tmp_path_factory, victim_checkpoint):
+    """A transfer set written through the store, answered by the victim in-process."""
+    db = tmp_path_factory.mktemp("transfer") / "transfer.sqlite"
+    model, card = load_checkpoint(victim_checkpoint)
+    box = Blackbox(model, card.input_size, amp=False)
+    pool = load_dataset("natural", size=400, image_size=32, seed=0)
+    order = np.random.default_rng(0).permutation(len(pool))[:160]
+    answers = box(pool.arrays(32, order))
+    sessions = open_store(db)
+    with sessions() as session:
+        run = Run(victim_url="in-process", pool="natural", pool_size=400, pool_image_size=32,
+                  strategy="random", budget=160, seed=0, batch_size=8, output_mode="probs",
+                  num_outputs=10, input_size=32, params={})  # fmt: skip
+        session.add(run)
+        session.flush()
+        for position, (index, answer) in enumerate(zip(order, answers, strict=True)):
+            label = int(np.argmax(answer["probabilities"]))
+            session.add(Query(run_id=run.id, position=position, pool_index=int(index),
+                              reference=f"natural#{index}", sha256="-", answer=answer,
+                              label=label, latency_ms=0.0))  # fmt: skip
+        session.commit()
+    return db
+
+
+def test_each_budget_trains_a_fresh_model(transfer_db, tmp_path):
+    options = KnockoffOptions(arch="cnn5", epochs=2, batch_size=32, progress=False, amp=False)
+    together = train_budgets(transfer_db, [60, 160], options, tmp_path / "a.pt")
+    alone = train_budgets(transfer_db, [160], options, tmp_path / "b.pt")
+    assert [r.budget for r in together] == [60, 160]
+    after_other, _ = load_checkpoint(together[1].checkpoint)
+    fresh, _ = load_checkpoint(alone[0].checkpoint)
+    small, _ = load_checkpoint(together[0].checkpoint)
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, after_other.state_dict()[name]), name
+    assert any(not torch.equal(t, small.state_dict()[n]) for n, t in fresh.state_dict().items())
+    assert load_transfer_set(transfer_db, budget=60).images.shape == (60, 3, 32, 32)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_a_knockoff_identical_to_the_victim_recovers_everything(victim_checkpoint, tmp_path):
+    copy = tmp_path / "copy.pt"
+    shutil.copy(victim_checkpoint, copy)
+    result = evaluate(copy, victim_checkpoint, "digits", "test")
+    assert result["recovery"] == pytest.approx(1.0) and result["agreement"] == 1.0
+    assert result["knockoff_accuracy"] == result["victim_accuracy"] > 0.9
+    assert result["knockoff_macro_accuracy"] == pytest.approx(result["victim_macro_accuracy"])
+    confusion = np.asarray(result["confusion_victim_vs_knockoff"])
+    assert confusion.sum() == result["images"] and confusion.trace() == result["images"]
+    paths = save_outputs(result, tmp_path / "eval")
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+    assert json.loads(paths[0].read_text())["agreement"] == 1.0
+
+
+def test_evaluation_against_a_live_api(victim_checkpoint, tmp_path):
+    copy = tmp_path / "copy.pt"
+    shutil.copy(victim_checkpoint, copy)
+    settings = VictimSettings(checkpoint=victim_checkpoint, output="label", amp=False)
+    with running_service(settings) as url:
+        result = evaluate(copy, url, "digits", "test")
+    assert result["victim_source"] == "api"
+    assert result["agreement"] == 1.0 and result["recovery"] == pytest.approx(1.0)
+
+
+def test_an_untrained_knockoff_recovers_little(victim_checkpoint, tmp_path):
+    from shared.checkpoint import save_checkpoint
+    from shared.models import create_model
+
+    _, card = load_checkpoint(victim_checkpoint)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "random.pt", create_model("cnn5", 10), card)
+    result = evaluate(tmp_path / "random.pt", victim_checkpoint, "digits", "test")
+    assert result["recovery"] < 0.5 and result["agreement"] < 0.5
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, monkeypatch):
+    """Victim cache, live service, HTTP queries, SQLite, knockoff, evaluation, report."""
+    config = DemoConfig(budget=400, pool_size=1000, knockoff_epochs=3, out=tmp_path / "demo",
+                        victim_epochs=8)  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # the victim cache is runs/victims under the working folder
+    (tmp_path / "runs" / "victims").mkdir(parents=True)
+    shutil.copy(victim_checkpoint, tmp_path / "runs" / "victims" / "digits-cnn5-e8-s0.pt")
+    lines: list[str] = []
+    report = run_demo(config, say=lines.append)
+    assert report["data"]["victim_checkpoint"].endswith("runs/victims/digits-cnn5-e8-s0.pt")
+    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert report["queries"] == 400
+    assert report["recovery"] == pytest.approx(
+        report["knockoff_accuracy"] / report["victim_accuracy"]
+    )
+    assert 0 <= report["agreement"] <= 1 and report["victim_accuracy"] > 0.9
+    assert report["data"]["pool"] == "natural" and report["seconds"] > 0
+    assert any("recovery" in line for line in lines)
+    assert len(load_transfer_set(tmp_path / "demo" / "transfer.sqlite").images) == 400
