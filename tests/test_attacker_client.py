@@ -64,7 +64,8 @@ def test_a_refused_key_stops_at_once(service, key, status, words):
     with pytest.raises(FatalAPIError, match=words) as caught:
         asyncio.run(_call(service, key, _payloads(1)))
     assert caught.value.status == status
-    assert time.monotonic() - start < 2  # no retries on an answer that will not change
+    # no retries on an answer that will not change: ten backed-off retries take over 20 s
+    assert time.monotonic() - start < 10
 
 
 def test_too_many_images_is_fatal_413(service):
@@ -83,7 +84,7 @@ def test_wrong_url_fails_fast_with_a_clear_message(service):
     with pytest.raises(FatalAPIError, match="127.0.0.1") as caught:
         asyncio.run(_call(dead, "k1", _payloads(1)))
     assert "service running" in str(caught.value)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10  # two quick connect retries, not the full 20 s backoff
     with pytest.raises(FatalAPIError, match="no prediction API") as caught:
         asyncio.run(_call(service + "/not-here", "k1", _payloads(1)))
     assert caught.value.status == 404
