@@ -30,13 +30,13 @@ class DemoConfig:
     victim_batch_size: int = 64
     victim_lr: float = 0.05
     pool: str = "natural"
-    pool_size: int | None = 20_000
-    budget: int = 10_000
+    pool_size: int | None = 10_000
+    budget: int = 5_000
     output: str = "probs"
     top_k: int = 3
     strategy: str = "random"
     knockoff_arch: str = "cnn5"
-    knockoff_epochs: int = 30
+    knockoff_epochs: int = 15
     knockoff_batch_size: int = 128
     knockoff_lr: float = 0.05
     balance: bool = False
