@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from shared.cli import friendly
 
 app = typer.Typer(
     help="The victim owner's defenses against model extraction.",
@@ -14,6 +20,123 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """The defender's commands."""
+
+
+def _write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        typer.echo(f"wrote {path}")
+
+
+@app.command("train-ood")
+@friendly
+def train_ood_command(
+    in_dataset: Annotated[str, typer.Option(help="the victim's data, e.g. cifar10-jpeg")],
+    out_dataset: Annotated[str, typer.Option(help="other natural images")],
+    backbone: Annotated[
+        str, typer.Option(help="victim:<checkpoint> | torchvision:<arch> | scratch:<arch>")
+    ],
+    out: Annotated[Path, typer.Option(help="where to write the filter artefact")] = Path(
+        "runs/ood.pt"
+    ),
+    target_tnr: Annotated[float, typer.Option(min=0.5, max=1.0)] = 0.95,
+    image_size: Annotated[
+        int | None, typer.Option(help="side the service feeds the filter (default: victim's, 32)")
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="held-out fraction for the threshold")] = 0.1,
+    folds: Annotated[int, typer.Option(help="cross-validation folds for C")] = 10,
+    in_size: Annotated[int | None, typer.Option(help="images of a generated in-pool")] = None,
+    out_size: Annotated[int | None, typer.Option(help="images of a generated out-pool")] = None,
+    scratch_epochs: int = 6,
+    torchvision_size: Annotated[int, typer.Option(help="input side of a torchvision net")] = 224,
+    seed: int = 0,
+    device: str = "auto",
+) -> None:
+    """Train Atli et al.'s OOD filter (frozen features + CV'd logistic regression + threshold)."""
+    from defense.ood import train_ood
+    from shared.device import resolve_device
+
+    report = train_ood(
+        in_dataset, out_dataset, backbone, out, target_tnr=target_tnr, image_size=image_size,
+        holdout=holdout, folds=folds, in_size=in_size, out_size=out_size,
+        scratch_epochs=scratch_epochs, torchvision_size=torchvision_size, seed=seed,
+        device=resolve_device(device),
+    )  # fmt: skip
+    meta = report.filter.meta
+    typer.echo(
+        f"OOD filter ({backbone}, C={meta['logistic']['C']:.4g}): held-out TNR "
+        f"{report.heldout_tnr:.4f}, TPR {report.heldout_tpr:.4f} at threshold "
+        f"{report.filter.threshold:.4f} ({report.seconds:.0f} s) -> {report.path}"
+    )
+
+
+@app.command("evaluate-ood")
+@friendly
+def evaluate_ood_command(
+    detector: Annotated[Path, typer.Option(help="the filter artefact")] = Path("runs/ood.pt"),
+    victim: Annotated[Path, typer.Option(help="the victim checkpoint")] = Path("runs/victim.pt"),
+    in_dataset: Annotated[str, typer.Option(help="benign test images: its test split")] = (
+        "cifar10-jpeg"
+    ),
+    attack_pool: Annotated[str, typer.Option(help="the attacker's query pool")] = (
+        "tiny-imagenet-attacker"
+    ),
+    attack_limit: Annotated[int, typer.Option(help="attack images sampled (0 = all)")] = 10_000,
+    attack_split: str = "train",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="write the tables here")] = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> None:
+    """TPR/TNR/AUROC/FPR@95TPR of the filter beside MSP, ODIN, Mahalanobis and energy."""
+    from defense.evaluate import evaluate_ood, ood_markdown
+    from shared.device import resolve_device
+
+    result = evaluate_ood(
+        detector, victim, in_dataset, attack_pool, attack_limit=attack_limit or None,
+        attack_split=attack_split, seed=seed, device=resolve_device(device),
+    )  # fmt: skip
+    table = ood_markdown(result)
+    typer.echo(table)
+    _write_json(json_out, result)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(table + "\n")
+
+
+@app.command("evaluate-utility")
+@friendly
+def evaluate_utility_command(
+    victim: Annotated[Path, typer.Option(help="the victim checkpoint")] = Path("runs/victim.pt"),
+    dataset: Annotated[str, typer.Option(help="its test split is the benign traffic")] = (
+        "cifar10-jpeg"
+    ),
+    ood: Annotated[Path | None, typer.Option(help="an OOD filter artefact to include")] = None,
+    limit: Annotated[int | None, typer.Option(help="test images used (default all)")] = None,
+    clients: int = 10,
+    batch_size: int = 128,
+    rs_beta: float = 0.7,
+    rs_gamma: float = 0.5,
+    noise_std: float = 0.1,
+    prada_threshold: float = 0.9,
+    round_decimals: int = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """Benign accuracy through the defended black box (the service's steps), per defense."""
+    from defense.evaluate import default_configs, evaluate_utility, utility_markdown
+
+    configs = default_configs(
+        ood, rs_beta, rs_gamma, noise_std, prada_threshold, round_decimals
+    )  # fmt: skip
+    result = evaluate_utility(
+        victim, dataset, configs, limit=limit, clients=clients, batch_size=batch_size,
+        seed=seed, device=device,
+    )  # fmt: skip
+    typer.echo(utility_markdown(result))
+    _write_json(json_out, result)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class VictimSettings(BaseSettings):
     prada_min_queries: int = Field(20, ge=3)
     prada_history: int = Field(2000, ge=10)
     prada_action: Literal["shuffle", "reject", "label"] = "reject"
+    prada_max_clients: int = Field(1000, ge=1, description="clients PRADA tracks (LRU)")
     seed: int = 0
 
     @field_validator("api_keys", mode="before")

@@ -1,0 +1,200 @@
+"""Frozen backbones for the OOD filter, and their features computed once and cached on disk.
+
+A backbone is always a `Classifier` (normalization + body + head) whose penultimate features
+feed the filter's logistic regression. Spec strings say where it comes from:
+
+- `victim:<checkpoint>`: the victim's own penultimate features (the owner has the victim);
+- `torchvision:<arch>`: ImageNet weights through torchvision's weights API (the paper's choice;
+  needs the weights file in torch's hub cache when offline);
+- `scratch:<arch>`: a small net trained from scratch on the in/out binary task (the paper's
+  RN18/RN34-from-scratch rows).
+
+A backbone travels as a plain dict (`arch`, `num_classes`, `mean`, `std`, `state_dict`, ...) so
+the filter artefact is self-contained and loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from shared.checkpoint import load_checkpoint
+from shared.device import autocast
+from shared.errors import TestbedError
+from shared.models import Classifier, create_model
+from shared.paths import data_settings
+from shared.training import TrainConfig, fit, to_tensor
+
+BACKBONE_KINDS = ("victim", "torchvision", "scratch")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'kind:value' -> (kind, value), with a clear error for anything else."""
+    kind, sep, value = spec.partition(":")
+    if not sep or kind not in BACKBONE_KINDS or not value:
+        raise TestbedError(
+            f"backbone {spec!r} is not understood; use victim:<checkpoint>, "
+            "torchvision:<arch> (e.g. torchvision:resnet18) or scratch:<arch> (e.g. scratch:cnn9)"
+        )
+    return kind, value
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A content hash of a model's weights: names the feature cache and matches the victim."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor: images in [0, 1] at any size -> (B, D) features."""
+
+    model: Classifier
+    spec: str
+    input_size: int
+    """The side the backbone sees; inputs of another size are resized (bilinear) first."""
+    arch: str = ""
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.fingerprint = fingerprint(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
+        """Features (float32, CPU) of a float [0, 1] batch (B, 3, H, W)."""
+        x = x.to(self.device, dtype=torch.float32)
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            size = (self.input_size, self.input_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        with autocast(self.device, amp):
+            return self.model.features(x.contiguous()).float().cpu()
+
+    def to_dict(self) -> dict:
+        model = self.model
+        return {
+            "spec": self.spec,
+            "arch": self.arch,
+            "num_classes": model.num_classes,
+            "mean": [float(v) for v in model.mean.flatten()],
+            "std": [float(v) for v in model.std.flatten()],
+            "input_size": self.input_size,
+            "fingerprint": self.fingerprint,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, device: torch.device | str = "cpu") -> Backbone:
+        model = create_model(
+            data["arch"], int(data["num_classes"]), mean=data["mean"], std=data["std"]
+        )
+        model.load_state_dict(data["state_dict"])
+        return cls(model.to(device), data["spec"], int(data["input_size"]), arch=data["arch"])
+
+
+def victim_backbone(path: str | Path, device: torch.device | str = "cpu") -> Backbone:
+    model, card = load_checkpoint(path, device)
+    return Backbone(model, f"victim:{path}", card.input_size, arch=card.arch)
+
+
+def torchvision_backbone(
+    arch: str, input_size: int = 224, device: torch.device | str = "cpu"
+) -> Backbone:
+    """ImageNet-pretrained torchvision net; TestbedError (from create_model) when offline."""
+    model = create_model(arch, 1000, weights="imagenet")
+    return Backbone(model.to(device), f"torchvision:{arch}", input_size, arch=arch)
+
+
+def scratch_backbone(
+    arch: str,
+    x_in: np.ndarray,
+    x_out: np.ndarray,
+    *,
+    epochs: int = 6,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Backbone:
+    """Train `arch` from scratch to tell in (0) from out (1); its body becomes the backbone.
+
+    The classes are weighted by inverse frequency so the net does not learn the prior.
+    """
+    device = torch.device(device)
+    x = to_tensor(np.concatenate([x_in, x_out]))
+    y = torch.cat([torch.zeros(len(x_in)), torch.ones(len(x_out))]).long()
+    weight = torch.tensor([len(y) / (2 * len(x_in)), len(y) / (2 * len(x_out))], device=device)
+    model = create_model(arch, 2)
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, weight=weight)
+
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        pad=max(1, x_in.shape[1] // 8), flip=True, description=f"scratch {arch} in/out",
+    )  # fmt: skip
+    fit(model, x, y, loss_fn, config, device)
+    return Backbone(model.eval(), f"scratch:{arch}", x_in.shape[1], arch=arch)
+
+
+def embed_arrays(
+    backbone: Backbone,
+    images: np.ndarray,
+    batch_size: int = 512,
+    amp: bool = False,
+    progress: bool = True,
+    description: str = "features",
+) -> np.ndarray:
+    """Features of a uint8 (N, H, W, 3) array, in batches: (N, D) float32."""
+    out = []
+    starts = range(0, len(images), batch_size)
+    for s in tqdm(starts, desc=description, disable=not progress, leave=False):
+        xb = to_tensor(images[s : s + batch_size]).float().div_(255)
+        out.append(backbone.embed(xb, amp=amp).numpy())
+    if not out:
+        return np.empty((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def cached_features(
+    backbone: Backbone,
+    key: str,
+    images: np.ndarray,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> np.ndarray:
+    """`embed_arrays`, cached under the cache dir by (data key, backbone weights, row count).
+
+    `key` names the images (dataset, split, size, selection); the backbone's fingerprint names
+    its weights, so retraining a backbone never reuses stale features.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    path = (
+        data_settings().cache_dir
+        / "features"
+        / f"{safe}-{backbone.fingerprint}-{backbone.input_size}-{len(images)}.npy"
+    )
+    if path.exists():
+        return np.load(path)
+    feats = embed_arrays(backbone, images, batch_size, progress=progress, description=key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)
+    return feats

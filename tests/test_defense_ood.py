@@ -1,0 +1,121 @@
+"""The OOD filter on small embedded data: digits in, natural images out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from defense.evaluate import detection_metrics, evaluate_ood, ood_markdown
+from defense.features import parse_spec
+from defense.ood import OODFilter, threshold_for_tnr, train_ood
+from shared.errors import TestbedError
+from tests.servers import ROOT
+
+OUT_SIZE = 1000
+
+
+@pytest.fixture(scope="module")
+def trained(victim_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ood") / "ood.pt"
+    report = train_ood(
+        "digits", "natural", f"victim:{victim_checkpoint}", out,
+        out_size=OUT_SIZE, target_tnr=0.95, folds=10, progress=False,
+    )  # fmt: skip
+    return report
+
+
+def test_filter_reaches_tpr_and_tnr_of_90_percent_on_unseen_data(trained, victim_checkpoint):
+    meta = trained.filter.meta
+    assert meta["logistic"]["folds"] == 10 and meta["backbone"].startswith("victim:")
+    assert trained.heldout_tnr >= 0.9 and trained.heldout_tpr >= 0.9
+    result = evaluate_ood(
+        trained.path, victim_checkpoint, "digits", "natural",
+        attack_limit=400, attack_split="test", progress=False,
+    )  # fmt: skip
+    assert result["tpr"] >= 0.9 and result["tnr"] >= 0.9, result
+    assert result["auroc"] >= 0.95
+    for name in ("msp", "odin", "mahalanobis", "energy"):
+        for key in ("tpr", "tnr", "auroc", "fpr_at_95_tpr", "tpr_at_tnr_95"):
+            assert 0.0 <= result["baselines"][name][key] <= 1.0
+        # matched TNR: each baseline's threshold is set to pass as many benign images
+        assert abs(result["baselines"][name]["tnr"] - result["tnr"]) < 0.02
+    json.dumps(result)  # data first: everything serializable
+    table = ood_markdown(result)
+    assert "| OOD filter (ours) |" in table and "| Mahalanobis |" in table
+
+
+def test_artefact_is_self_contained_and_loads_weights_only(trained, tmp_path):
+    payload = torch.load(trained.path, weights_only=True)
+    assert payload["backbone"]["state_dict"] and payload["meta"]["in_dataset"] == "digits"
+    loaded = OODFilter.load(trained.path)
+    x = torch.rand(5, 3, 32, 32)
+    assert np.allclose(loaded.score_images(x), trained.filter.score_images(x))
+    assert loaded.threshold == trained.filter.threshold
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(TestbedError, match="not an OOD detector"):
+        OODFilter.load(bad)
+    with pytest.raises(TestbedError, match="does not exist"):
+        OODFilter.load(tmp_path / "missing.pt")
+
+
+def test_scratch_backbone_trains_on_the_binary_task(tmp_path):
+    report = train_ood(
+        "digits", "natural", "scratch:cnn5", tmp_path / "s.pt",
+        out_size=400, scratch_epochs=1, folds=3, progress=False,
+    )  # fmt: skip
+    assert report.heldout_tnr >= 0.9 and report.heldout_tpr >= 0.9
+    assert OODFilter.load(report.path).backbone.spec == "scratch:cnn5"
+
+
+def test_threshold_and_metrics_on_known_scores():
+    in_scores = np.linspace(0, 1, 101)
+    t = threshold_for_tnr(in_scores, 0.95)
+    assert np.mean(in_scores <= t) >= 0.95 and np.mean(in_scores < t) < 0.95
+    m = detection_metrics(np.zeros(50), np.ones(50), threshold=0.5)
+    assert m["tpr"] == 1 and m["tnr"] == 1 and m["auroc"] == 1 and m["fpr_at_95_tpr"] == 0
+
+
+def test_backbone_specs_are_checked():
+    assert parse_spec("victim:runs/v.pt") == ("victim", "runs/v.pt")
+    for bad in ("resnet18", "imagenet:resnet18", "scratch:"):
+        with pytest.raises(TestbedError, match="not understood"):
+            parse_spec(bad)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "defense.cli", "train-ood", "--in-dataset", "digits",
+         "--out-dataset", "natural", "--backbone", "imagenet-resnet",
+         "--out", str(tmp_path / "o.pt"), "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "is not understood" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchvision_backbone_from_the_hub_cache_is_stored_in_the_artefact(tmp_path):
+    """The paper's backbone. No internet here: a stand-in weights file (random init) is put
+    where torchvision's weights API looks first, so the offline path is the real one."""
+    import os
+    from pathlib import Path
+
+    import torchvision
+
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    hub = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    hub.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.resnet18().state_dict(), hub / Path(weights.url).name)
+    report = train_ood(
+        "digits", "natural", "torchvision:resnet18", tmp_path / "tv.pt",
+        out_size=300, folds=3, torchvision_size=32, progress=False,
+    )  # fmt: skip
+    loaded = OODFilter.load(report.path)
+    assert loaded.backbone.spec == "torchvision:resnet18" and loaded.backbone.input_size == 32
+    x = torch.rand(3, 3, 32, 32)
+    assert np.allclose(loaded.score_images(x), report.filter.score_images(x))
