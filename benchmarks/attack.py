@@ -26,30 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from attacker.query import QueryConfig, run_query
+from benchmarks.common import throwaway_victim
 from benchmarks.loadgen import generate_load
-from shared.checkpoint import ModelCard, save_checkpoint
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
-from shared.models import create_model
 from victim_service.launch import service_process
 
 TARGET = 0.9
-
-
-def throwaway_victim(
-    path: Path, arch: str = "cnn9", input_size: int = 32, num_classes: int = 10
-) -> Path:
-    """A model with random init, saved like a trained victim (no training: speed only)."""
-    torch.manual_seed(0)
-    model = create_model(arch, num_classes)
-    card = ModelCard(
-        arch=arch, num_classes=num_classes, classes=[str(c) for c in range(num_classes)],
-        input_size=input_size, mean=[0.5] * 3, std=[0.25] * 3, dataset="random-init", seed=0,
-    )  # fmt: skip
-    return save_checkpoint(path, model, card)
 
 
 def measure(args: argparse.Namespace, url: str, pool_name: str, tmp: Path) -> dict:

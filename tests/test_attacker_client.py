@@ -14,7 +14,7 @@ import pytest
 from attacker.client import FatalAPIError, PredictClient, RetryPolicy
 from attacker.query import QueryConfig, run_query
 from attacker.store import iter_queries, open_store
-from benchmarks.attack import throwaway_victim
+from benchmarks.common import throwaway_victim
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
 from tests.servers import free_port, running_service

@@ -21,7 +21,7 @@ from attacker.cli import app as cli
 from attacker.client import RetryPolicy
 from attacker.query import QueryConfig, run_query
 from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
-from benchmarks.attack import throwaway_victim
+from benchmarks.common import throwaway_victim
 from shared.imaging import encode_image
 from tests.servers import ROOT, free_port, running_service, service_process
 from victim_service.settings import VictimSettings
