@@ -1,12 +1,18 @@
-"""A closed-loop HTTP load generator for the prediction API (the serve and attack benchmarks)."""
+"""A closed-loop HTTP load generator for the prediction API (the serve and attack benchmarks).
+
+It speaks plain HTTP/1.1 over asyncio streams with keep-alive, one connection per worker: the
+cheapest client there is, so what it measures is the service. (httpx's async pool costs about
+1 ms per request and degrades with many connections; on a 2-core machine that would measure
+the client.)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 
 from attacker.client import multipart_body
@@ -23,6 +29,42 @@ class LoadResult:
     errors: int
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that posts bodies and reads whole responses."""
+
+    def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
+        self.host, self.port = host, port
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, content_type: str) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{self.extra}\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readuntil(b"\r\n")
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in headers.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        if b"connection: close" in headers.lower():
+            await self.close()
+        return int(status_line.split()[1])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = self.reader = None
+
+
 async def generate_load(
     url: str,
     payloads: list[bytes],
@@ -37,36 +79,36 @@ async def generate_load(
 
     Only requests that start after the warm-up and finish before the deadline are counted.
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     latencies: list[float] = []
     errors = 0
     images = 0
-    async with httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=60.0, headers=headers
-    ) as client:
-        loop_start = time.perf_counter()
-        start, deadline = loop_start + warmup_s, loop_start + warmup_s + duration_s
+    loop_start = time.perf_counter()
+    start, deadline = loop_start + warmup_s, loop_start + warmup_s + duration_s
 
-        async def worker(w: int) -> None:
-            nonlocal errors, images
-            i = w * images_per_request
+    async def worker(w: int) -> None:
+        nonlocal errors, images
+        connection = _Connection(host, port, headers or {})
+        i = w * images_per_request
+        try:
             while time.perf_counter() < deadline:
-                images = [payloads[(i + k) % len(payloads)] for k in range(images_per_request)]
-                body, content_type = multipart_body(images)
+                chosen = [payloads[(i + k) % len(payloads)] for k in range(images_per_request)]
+                body, content_type = multipart_body(chosen)
                 i += images_per_request * concurrency
                 t0 = time.perf_counter()
-                response = await client.post(
-                    "/v1/predict", content=body, headers={"content-type": content_type}
-                )
+                status = await connection.post("/v1/predict", body, content_type)
                 t1 = time.perf_counter()
                 if t0 >= start and t1 <= deadline:
-                    if response.status_code == 200:
+                    if status == 200:
                         latencies.append(t1 - t0)
                         images += images_per_request
                     else:
                         errors += 1
+        finally:
+            await connection.close()
 
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     lat = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     return LoadResult(
         images_per_s=images / duration_s,
