@@ -145,19 +145,6 @@ def load_dataset(
     return _REGISTRY[name](split=split, size=size, image_size=image_size, seed=seed)
 
 
-@functools.cache
-def _cached_dataset(name: str, split: str, size: int | None, image_size: int | None, seed: int):
-    return load_dataset(name, split, size=size, image_size=image_size, seed=seed)
-
-
-def dataset_from_reference(reference: str, **kwargs) -> tuple[ImageDataset, int | None]:
-    """The dataset and index named by `name#index`; (None-index) for a file path."""
-    if "#" in reference:
-        name, index = reference.rsplit("#", 1)
-        return load_dataset(name, **kwargs), int(index)
-    raise TestbedError(f"not a dataset reference: {reference!r}")
-
-
 # --------------------------------------------------------------------------- digits
 
 
