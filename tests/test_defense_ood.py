@@ -99,16 +99,16 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "is not understood" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_torchvision_backbone_from_the_hub_cache_is_stored_in_the_artefact(tmp_path):
+def test_torchvision_backbone_from_the_hub_cache_is_stored_in_the_artefact(tmp_path, monkeypatch):
     """The paper's backbone. No internet here: a stand-in weights file (random init) is put
     where torchvision's weights API looks first, so the offline path is the real one."""
-    import os
     from pathlib import Path
 
     import torchvision
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # this test's own hub cache
     weights = torchvision.models.ResNet18_Weights.DEFAULT
-    hub = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)
     torch.save(torchvision.models.resnet18().state_dict(), hub / Path(weights.url).name)
     report = train_ood(

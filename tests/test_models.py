@@ -25,13 +25,15 @@ def test_unknown_architecture_is_a_clear_error():
         create_model("resnet1000", 10)
 
 
-def test_imagenet_weights_offline_give_a_clear_error(monkeypatch):
+def test_imagenet_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
     """No network here: simulate the failed fetch that torchvision's weights API would see."""
+    import torchvision.models._api as weights_api
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
     with pytest.raises(TestbedError, match="could not load ImageNet weights for resnet18"):
         create_model("resnet18", 10, weights="imagenet")
     with pytest.raises(TestbedError, match="no ImageNet weights"):
