@@ -190,3 +190,25 @@ def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, mon
     assert report["data"]["pool"] == "natural" and report["seconds"] > 0
     assert any("recovery" in line for line in lines)
     assert len(load_transfer_set(tmp_path / "demo" / "transfer.sqlite").images) == 400
+
+
+def test_train_command_with_budgets_writes_one_checkpoint_each_and_a_curve(
+    transfer_db, victim_checkpoint, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from attacker.cli import app
+
+    out = tmp_path / "k.pt"
+    result = CliRunner().invoke(app, [
+        "train", "--db", str(transfer_db), "--budgets", "60,160", "--epochs", "1",
+        "--batch-size", "32", "--out", str(out), "--victim", str(victim_checkpoint),
+        "--dataset", "digits",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "k-60.pt").exists() and (tmp_path / "k-160.pt").exists()
+    points = json.loads((tmp_path / "k-budgets.json").read_text())
+    assert [p["budget"] for p in points] == [60, 160]
+    assert all(0 <= p["agreement"] <= 1 for p in points)
+    assert (tmp_path / "k-budgets.png").stat().st_size > 0
+    assert "recovery" in result.output
