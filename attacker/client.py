@@ -299,8 +299,8 @@ def labels_via_api(
     url: str, images: Any, *, api_key: str | None = None, batch_size: int = 32
 ) -> list[int]:
     """The victim's top class for each (H, W, 3) image, read through its API like any client."""
-    from attacker.store import answer_label
     from shared.imaging import encode_image
+    from shared.schemas import answer_label
 
     async def ask() -> list[int]:
         async with PredictClient(url, api_key=api_key) as client:

@@ -28,12 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from attacker.client import ClientStats, FatalAPIError, PredictClient, RetryPolicy
-from attacker.store import Query, Run, answer_label, open_store, sent_image, utcnow
+from attacker.store import Query, Run, open_store, sent_image, utcnow
 from attacker.strategies import STRATEGIES, AdaptiveConfig, Strategy, make_strategy
 from shared.datasets import ImageDataset, load_dataset
 from shared.errors import TestbedError
 from shared.imaging import encode_image
-from shared.schemas import ModelInfo
+from shared.schemas import ModelInfo, answer_label
 
 IMAGE_FORMAT = "png"
 """Lossless and deterministic: the same image always gives the same bytes and sha256."""

@@ -37,6 +37,7 @@ from sqlalchemy.orm import (
 )
 
 from shared.errors import TestbedError
+from shared.schemas import answer_label
 
 if TYPE_CHECKING:
     from shared.datasets import ImageDataset
@@ -118,16 +119,6 @@ def open_store(path: str | Path) -> sessionmaker[Session]:
     event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def answer_label(answer: dict[str, Any]) -> int:
-    """The top class of an answer in any output mode."""
-    if answer.get("label") is not None:
-        return int(answer["label"])
-    if answer.get("top_k"):
-        return int(max(answer["top_k"], key=lambda e: e["probability"])["index"])
-    probs = answer["probabilities"]
-    return int(max(range(len(probs)), key=probs.__getitem__))
 
 
 def answer_probabilities(answer: dict[str, Any], num_outputs: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
 from shared.errors import TestbedError
 from shared.imaging import resize
+from shared.schemas import answer_label
 from shared.training import to_tensor
 
 
@@ -45,8 +46,7 @@ def encode_answer(answer: dict, num_classes: int) -> tuple[np.ndarray, np.ndarra
         target[int(answer["label"])] = 1.0
     else:
         raise TestbedError(f"an answer with nothing usable in it: {answer}")
-    label = int(np.argmax(np.where(known > 0, target, -1)))
-    return target, known, label
+    return target, known, answer_label(answer)
 
 
 def answer_mode(answer: dict) -> str:

@@ -17,6 +17,7 @@ from defense.features import Backbone, cached_features
 from defense.ood import OODFilter, threshold_for_tnr
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
+from shared.schemas import answer_label
 
 BASELINE_TITLES = {
     "msp": "Max softmax",
@@ -215,16 +216,6 @@ def default_configs(
     return configs
 
 
-def client_label(row: dict) -> int:
-    """What a benign client takes as the answer: the label, else the argmax it is shown."""
-    if row.get("label") is not None:
-        return int(row["label"])
-    if row.get("top_k"):
-        return int(max(row["top_k"], key=lambda e: e["probability"])["index"])
-    probs = row["probabilities"]
-    return int(np.argmax(probs))
-
-
 def evaluate_utility(
     victim: str | Path,
     dataset: str,
@@ -270,7 +261,7 @@ def evaluate_utility(
             rejected = batch.mask("rejected").tolist()
             for row, target, no in zip(rows, targets[s : s + batch_size], rejected, strict=True):
                 refused += int(no)
-                correct += int(not no and client_label(row) == int(target))
+                correct += int(not no and answer_label(row) == int(target))
             for name, mask in batch.flags.items():
                 flagged[name] = flagged.get(name, 0) + int(mask.sum())
         seconds = time.perf_counter() - start

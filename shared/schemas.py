@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -51,3 +51,13 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def answer_label(answer: dict[str, Any]) -> int:
+    """The top class of one prediction in any output mode: what a client reads as the answer."""
+    if answer.get("label") is not None:
+        return int(answer["label"])
+    if answer.get("top_k"):
+        return int(max(answer["top_k"], key=lambda e: e["probability"])["index"])
+    probs = answer["probabilities"]
+    return int(max(range(len(probs)), key=probs.__getitem__))
