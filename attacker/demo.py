@@ -16,7 +16,7 @@ from attacker.evaluate import evaluate, markdown_table, save_outputs
 from attacker.query import QueryConfig, run_query
 from attacker.train import KnockoffOptions, train_knockoff
 from attacker.transfer import load_transfer_set
-from shared.checkpoint import load_checkpoint
+from shared.checkpoint import ModelCard, load_checkpoint
 from shared.errors import TestbedError
 from victim_service.launch import service_process
 from victim_service.train import train_victim
@@ -75,7 +75,9 @@ ADVERSARY_KNOWLEDGE = {
 }
 
 
-def cached_victim(config: DemoConfig, cache_dir: Path = Path("runs/victims")) -> Path:
+def cached_victim(
+    config: DemoConfig, cache_dir: Path = Path("runs/victims")
+) -> tuple[Path, ModelCard]:
     """Train the victim once per (dataset, arch, seed, epochs) and reuse its checkpoint."""
     path = cache_dir / (
         f"{config.victim_dataset}-{config.victim_arch}-e{config.victim_epochs}-s{config.seed}.pt"
@@ -83,15 +85,14 @@ def cached_victim(config: DemoConfig, cache_dir: Path = Path("runs/victims")) ->
     path = path.resolve()
     if path.exists():
         try:
-            load_checkpoint(path)
-            return path
+            return path, load_checkpoint(path)[1]
         except TestbedError:
             path.unlink()
-    train_victim(
+    result = train_victim(
         config.victim_dataset, config.victim_arch, path, epochs=config.victim_epochs,
         batch_size=config.victim_batch_size, lr=config.victim_lr, seed=config.seed,
     )  # fmt: skip
-    return path
+    return path, result.card
 
 
 def run_demo(config: DemoConfig, say=print) -> dict:
@@ -102,8 +103,7 @@ def run_demo(config: DemoConfig, say=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     t = time.perf_counter()
-    victim = cached_victim(config)
-    _, card = load_checkpoint(victim)
+    victim, card = cached_victim(config)
     timings["victim"] = time.perf_counter() - t
     say(f"[1/4] victim {card.arch} on {card.dataset}: test accuracy {card.test_accuracy:.4f}")
 
