@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test`. Each bootstraps uv and the venv first,
+# The README's two commands: `make demo` and `make test` (ruff, import contracts, pytest). Each bootstraps uv and the venv first,
 # needing only Python 3.11+ and pip. uv never downloads a Python (UV_PYTHON_DOWNLOADS=never).
 PYTHON ?= python3
 BOOT := .uv-bootstrap
@@ -20,11 +20,12 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 venv: $(VENV)/.synced
 
 demo: venv
-	$(VENV)/bin/attacker demo $(ARGS)
+	$(VENV)/bin/scenarios demo $(ARGS)
 
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 format: venv

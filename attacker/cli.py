@@ -1,4 +1,4 @@
-"""`attacker`: query a live prediction API, train and evaluate a knockoff, run the demo."""
+"""`attacker`: query a live prediction API, train and evaluate a knockoff."""
 
 from __future__ import annotations
 
@@ -140,36 +140,18 @@ def evaluate(
     typer.echo(markdown_table(result))
 
 
-@app.command()
-@friendly
-def demo(
-    preset: str = typer.Option("default", help="default (digits, offline) or realistic (CIFAR-10)"),
-    victim_dataset: str | None = typer.Option(None),
-    victim_arch: str | None = typer.Option(None),
-    pool: str | None = typer.Option(
-        None, help="Query pool (natural, noise, tiny-imagenet-attacker)"
-    ),
-    pool_size: int | None = typer.Option(None),
-    budget: int | None = typer.Option(None, help="Queries (images)"),
-    output: str | None = typer.Option(None, help="Granularity: probs | topk | label"),
-    strategy: str | None = typer.Option(None, help="random | adaptive"),
-    knockoff_arch: str | None = typer.Option(None),
-    knockoff_epochs: int | None = typer.Option(None),
-    balance: bool | None = typer.Option(None, "--balance/--no-balance"),
-    seed: int | None = typer.Option(None),
-    out: Path | None = typer.Option(None, help="Report folder"),
-) -> None:
-    """The whole attack on a live local API, offline; writes <out>/report.json."""
-    from attacker.demo import preset as make_preset
-    from attacker.demo import run_demo
-
-    config = make_preset(
-        preset, victim_dataset=victim_dataset, victim_arch=victim_arch, pool=pool,
-        pool_size=pool_size, budget=budget, output=output, strategy=strategy,
-        knockoff_arch=knockoff_arch, knockoff_epochs=knockoff_epochs, balance=balance,
-        seed=seed, out=out,
-    )  # fmt: skip
-    run_demo(config, say=typer.echo)
+@app.command(
+    hidden=True,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def demo() -> None:
+    """Moved: the demo drives both sides, so it lives in `scenarios` (layers run one way)."""
+    typer.secho(
+        "error: the demo moved: run `scenarios demo` (or `python -m scenarios demo`, `make demo`)",
+        fg=typer.colors.RED,
+        err=True,
+    )
+    raise typer.Exit(2)
 
 
 @app.callback()

@@ -1,4 +1,4 @@
-"""Knockoff losses, balancing, fresh models per budget, evaluation, and the demo end to end."""
+"""Knockoff losses, balancing, fresh models per budget, evaluation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from attacker.demo import DemoConfig, run_demo
 from attacker.evaluate import evaluate, save_outputs
 from attacker.losses import answer_loss, hard_cross_entropy, soft_cross_entropy, topk_cross_entropy
 from attacker.store import Query, Run, open_store
@@ -168,28 +167,6 @@ def test_an_untrained_knockoff_recovers_little(victim_checkpoint, tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, monkeypatch):
-    """Victim cache, live service, HTTP queries, SQLite, knockoff, evaluation, report."""
-    config = DemoConfig(budget=400, pool_size=1000, knockoff_epochs=3, out=tmp_path / "demo",
-                        victim_epochs=8)  # fmt: skip
-    monkeypatch.chdir(tmp_path)  # the victim cache is runs/victims under the working folder
-    (tmp_path / "runs" / "victims").mkdir(parents=True)
-    shutil.copy(victim_checkpoint, tmp_path / "runs" / "victims" / "digits-cnn5-e8-s0.pt")
-    lines: list[str] = []
-    report = run_demo(config, say=lines.append)
-    assert report["data"]["victim_checkpoint"].endswith("runs/victims/digits-cnn5-e8-s0.pt")
-    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert saved == json.loads(json.dumps(report))
-    assert report["queries"] == 400
-    assert report["recovery"] == pytest.approx(
-        report["knockoff_accuracy"] / report["victim_accuracy"]
-    )
-    assert 0 <= report["agreement"] <= 1 and report["victim_accuracy"] > 0.9
-    assert report["data"]["pool"] == "natural" and report["seconds"] > 0
-    assert any("recovery" in line for line in lines)
-    assert len(load_transfer_set(tmp_path / "demo" / "transfer.sqlite").images) == 400
 
 
 def test_train_command_with_budgets_writes_one_checkpoint_each_and_a_curve(

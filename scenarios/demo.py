@@ -1,6 +1,6 @@
 """The main job, end to end and offline: victim -> live API -> queries -> knockoff -> report.
 
-`attacker demo` trains (and caches) a victim, serves it on loopback with the real service,
+`scenarios demo` trains (and caches) a victim, serves it on loopback with the real service,
 queries it with the attacker's pool through HTTP, trains a knockoff from the SQLite transfer
 set, evaluates it against the victim on the victim's test set, and writes a report.
 """

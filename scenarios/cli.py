@@ -1,0 +1,56 @@
+"""`scenarios`: what drives the victim service and the attacker together (`demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from shared.cli import friendly
+
+app = typer.Typer(
+    help="Scenarios that run both sides: a victim behind its live API, and an attacker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+@friendly
+def demo(
+    preset: str = typer.Option("default", help="default (digits, offline) or realistic (CIFAR-10)"),
+    victim_dataset: str | None = typer.Option(None),
+    victim_arch: str | None = typer.Option(None),
+    pool: str | None = typer.Option(
+        None, help="Query pool (natural, noise, tiny-imagenet-attacker)"
+    ),
+    pool_size: int | None = typer.Option(None),
+    budget: int | None = typer.Option(None, help="Queries (images)"),
+    output: str | None = typer.Option(None, help="Granularity: probs | topk | label"),
+    strategy: str | None = typer.Option(None, help="random | adaptive"),
+    knockoff_arch: str | None = typer.Option(None),
+    knockoff_epochs: int | None = typer.Option(None),
+    balance: bool | None = typer.Option(None, "--balance/--no-balance"),
+    seed: int | None = typer.Option(None),
+    out: Path | None = typer.Option(None, help="Report folder"),
+) -> None:
+    """The whole attack on a live local API, offline; writes <out>/report.json."""
+    from scenarios.demo import preset as make_preset
+    from scenarios.demo import run_demo
+
+    config = make_preset(
+        preset, victim_dataset=victim_dataset, victim_arch=victim_arch, pool=pool,
+        pool_size=pool_size, budget=budget, output=output, strategy=strategy,
+        knockoff_arch=knockoff_arch, knockoff_epochs=knockoff_epochs, balance=balance,
+        seed=seed, out=out,
+    )  # fmt: skip
+    run_demo(config, say=typer.echo)
+
+
+@app.callback()
+def main() -> None:
+    """Scenarios that drive the victim service and the attacker together."""
+
+
+if __name__ == "__main__":
+    app()
