@@ -1,0 +1,83 @@
+"""The archives in the shared data folder (cifar10-jpeg, tiny-imagenet-*), unpacked once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from shared.datasets.base import FileDataset
+from shared.datasets.imagefolder import imagefolder
+from shared.datasets.registry import register
+from shared.errors import MissingDataError
+from shared.paths import data_settings
+
+
+def extracted_archive(archive_name: str) -> Path:
+    """Unpack `archive_name` from the data folder once into the cache; return the folder."""
+    settings = data_settings()
+    archive = settings.data_dir / archive_name
+    stem = archive_name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".zip")
+    target = settings.cache_dir / "extracted" / stem
+    if (target / ".complete").exists():
+        return target
+    if not archive.exists():
+        raise MissingDataError(
+            f"dataset archive {archive} is missing. Put {archive_name} there, or point "
+            f"TESTBED_DATA_DIR at the folder that holds it (see ../shared/data/README.md)."
+        )
+    from torchvision.datasets.utils import extract_archive
+
+    partial = target.with_name(f"{stem}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    extract_archive(str(archive), str(partial))
+    (partial / ".complete").write_text(hashlib.sha256(archive.name.encode()).hexdigest())
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    return target
+
+
+@register("cifar10-jpeg")
+def cifar10_jpeg(split: str = "train", **_: object) -> FileDataset:
+    root = extracted_archive("cifar10-jpeg.tar.gz") / "cifar10" / split
+    return imagefolder(root, cache_key=f"cifar10-jpeg-{split}", name="cifar10-jpeg")
+
+
+def _tiny_imagenet(part: str) -> FileDataset:
+    root = extracted_archive("tiny-imagenet-subset.tar.gz") / "tiny-imagenet"
+    dataset = imagefolder(
+        root / part, cache_key=f"tiny-imagenet-{part}", name=f"tiny-imagenet-{part}"
+    )
+    words = root / "words.txt"
+    if words.exists():
+        lookup = dict(
+            line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line
+        )
+        dataset.class_groups = _groups_by_head_noun(
+            {wnid: lookup.get(wnid, wnid) for wnid in dataset.classes}, dataset.classes
+        )
+    return dataset
+
+
+def _groups_by_head_noun(words: dict[str, str], classes: list[str]) -> dict[str, list[int]]:
+    """Group WordNet classes by the last word of their first name ("tabby cat" -> "cat").
+
+    Tiny-ImageNet ships words but not WordNet's is-a relation; the head noun is the coarse
+    level the attacker can read off their own pool's labels without outside data.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, wnid in enumerate(classes):
+        head = words[wnid].split(",")[0].strip().split()[-1].lower()
+        groups.setdefault(head, []).append(index)
+    return groups
+
+
+@register("tiny-imagenet-defender")
+def tiny_imagenet_defender(**_: object) -> FileDataset:
+    return _tiny_imagenet("defender")
+
+
+@register("tiny-imagenet-attacker")
+def tiny_imagenet_attacker(**_: object) -> FileDataset:
+    return _tiny_imagenet("attacker")

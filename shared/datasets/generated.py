@@ -1,0 +1,154 @@
+"""Datasets made on the fly, offline: the digits and the seeded `natural` and `noise` pools."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from shared.datasets.base import ArrayDataset, ImageDataset
+from shared.datasets.registry import register
+from shared.imaging import resize, to_rgb
+
+
+@register("digits")
+def digits(split: str = "train", image_size: int | None = None, **_: object) -> ArrayDataset:
+    """scikit-learn's bundled 8x8 handwritten digits, upscaled, white strokes on black."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0 * 255).round().astype(np.uint8)
+    index = np.arange(len(images))
+    train, test = train_test_split(index, test_size=0.25, stratify=bunch.target, random_state=0)
+    chosen = train if split == "train" else test
+    side = image_size or 32
+    upscaled = np.stack([resize(to_rgb(images[i]), side) for i in chosen])
+    return ArrayDataset(
+        name="digits",
+        classes=[str(d) for d in range(10)],
+        targets=bunch.target[chosen].astype(np.int64),
+        images=upscaled,
+        flip_invariant=False,
+    )
+
+
+# --------------------------------------------------------------------------- natural pool
+
+
+@functools.cache
+def bundled_photos() -> dict[str, np.ndarray]:
+    """The natural photographs that ship inside scikit-image and scikit-learn (offline)."""
+    import skimage.data as sk
+    from sklearn.datasets import load_sample_images
+
+    names = [
+        "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
+        "colorwheel", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo",
+        "microaneurysms", "moon", "page", "retina", "rocket", "text",
+    ]  # fmt: skip
+    photos = {}
+    for name in names:
+        try:
+            photos[name] = to_rgb(getattr(sk, name)())
+        except Exception:  # a photo that needs a download is simply not part of the pool
+            continue
+    samples = load_sample_images()
+    for filename, image in zip(samples.filenames, samples.images, strict=True):
+        photos[Path(filename).stem] = to_rgb(image)
+    return photos
+
+
+@dataclass
+class NaturalPool(ImageDataset):
+    """Seeded random crops, scales, flips and colour changes of the bundled photographs.
+
+    Image `i` depends only on (seed, i), so any index can be regenerated later. The label of an
+    image is the photograph it was cut from: the pool's own (attacker-known) classes.
+    """
+
+    seed: int = 0
+    side: int = 64
+    photos: list[np.ndarray] = field(default_factory=list)
+
+    def _load(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index])
+        photo = self.photos[int(self.targets[index])]
+        h, w = photo.shape[:2]
+        area = h * w * rng.uniform(0.005, 0.6)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        ch = int(min(h, max(8, round(np.sqrt(area / ratio)))))
+        cw = int(min(w, max(8, round(np.sqrt(area * ratio)))))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        image = Image.fromarray(photo[top : top + ch, left : left + cw])
+        image = image.resize((self.side, self.side), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        if rng.random() < 0.25:
+            image = image.rotate(float(rng.uniform(-30, 30)), Image.Resampling.BILINEAR)
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.6, 1.4))
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.6, 1.8))
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.0, 1.6))
+        if rng.random() < 0.2:
+            image = ImageOps.grayscale(image).convert("RGB")
+        if rng.random() < 0.1:
+            image = ImageOps.invert(image)
+        if rng.random() < 0.1:
+            image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
+        return np.asarray(image, dtype=np.uint8)
+
+
+@register("natural")
+def natural(
+    split: str = "train",
+    size: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    **_: object,
+) -> NaturalPool:
+    photos = bundled_photos()
+    n = size or 10_000
+    split_seed = seed * 2 + (0 if split == "train" else 1)
+    rng = np.random.default_rng([split_seed, 2**31])
+    targets = rng.integers(0, len(photos), size=n).astype(np.int64)
+    return NaturalPool(
+        name="natural",
+        classes=list(photos),
+        targets=targets,
+        seed=split_seed,
+        side=image_size or 64,
+        photos=list(photos.values()),
+    )
+
+
+@dataclass
+class NoisePool(ImageDataset):
+    """Uniformly random pixels, image `i` seeded by (seed, i): Copycat's negative control."""
+
+    seed: int = 0
+    side: int = 32
+
+    def _load(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index, 7])
+        return rng.integers(0, 256, size=(self.side, self.side, 3), dtype=np.uint8)
+
+
+@register("noise")
+def noise(
+    split: str = "train",
+    size: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    **_: object,
+) -> NoisePool:
+    n = size or 10_000
+    return NoisePool(
+        name="noise",
+        classes=["noise"],
+        targets=np.zeros(n, dtype=np.int64),
+        seed=seed * 2 + (0 if split == "train" else 1),
+        side=image_size or 32,
+    )
