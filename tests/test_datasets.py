@@ -54,12 +54,81 @@ def _write_tree(root: Path, classes=("cat", "dog"), per_class=3, side=12) -> Non
 
 
 def test_imagefolder_reads_any_tree(tmp_path: Path):
-    _write_tree(tmp_path / "tree")
+    _write_tree(tmp_path / "tree", per_class=5)
     ds = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
-    assert ds.classes == ["cat", "dog"] and len(ds) == 6
-    assert ds.image(4).shape == (12, 12, 3)
-    assert ds.reference(4).endswith(".jpg")
-    assert ds.arrays(8).shape == (6, 8, 8, 3)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 8  # one image per class held out
+    assert ds.image(3).shape == (12, 12, 3)
+    assert ds.reference(3).endswith(".jpg")
+    assert ds.arrays(8).shape == (8, 8, 8, 3)
+    assert ds.flip_invariant
+
+
+def test_imagefolder_uses_its_train_and_test_folders(tmp_path: Path):
+    """Defect 7: a tree with train/ and test/ was evaluated on its training images."""
+    _write_tree(tmp_path / "tree" / "train", per_class=4)
+    _write_tree(tmp_path / "tree" / "test", classes=("dog",), per_class=2)
+    train = load_dataset(f"imagefolder:{tmp_path / 'tree'}", "train")
+    test = load_dataset(f"imagefolder:{tmp_path / 'tree'}", "test")
+    assert train.classes == test.classes == ["cat", "dog"]  # not ["test", "train"]
+    assert len(train) == 8 and len(test) == 2
+    assert all("/tree/train/" in train.reference(i) for i in range(len(train)))
+    assert all("/tree/test/dog/" in test.reference(i) for i in range(len(test)))
+    assert test.targets.tolist() == [1, 1]  # labelled by the training split's class order
+    assert "tree/test" in test.split_note
+
+
+def test_imagefolder_test_classes_unknown_to_training_are_refused(tmp_path: Path):
+    _write_tree(tmp_path / "tree" / "train", classes=("cat",))
+    _write_tree(tmp_path / "tree" / "test", classes=("cat", "emu"))
+    with pytest.raises(TestbedError, match="emu"):
+        load_dataset(f"imagefolder:{tmp_path / 'tree'}", "test")
+
+
+def test_imagefolder_without_split_folders_holds_out_a_seeded_test_part(tmp_path: Path):
+    _write_tree(tmp_path / "tree", classes=("a", "b", "c"), per_class=10)
+    name = f"imagefolder:{tmp_path / 'tree'}"
+    train, test = load_dataset(name, "train"), load_dataset(name, "test")
+    train_paths = {train.reference(i) for i in range(len(train))}
+    test_paths = {test.reference(i) for i in range(len(test))}
+    assert not train_paths & test_paths and len(train_paths | test_paths) == 30
+    assert np.bincount(test.targets).tolist() == [2, 2, 2]  # 20% of each class
+    assert "held out" in test.split_note and "seed" in test.split_note
+    again = load_dataset(name, "test", seed=5)  # the training seed does not move the test set
+    assert [again.reference(i) for i in range(len(again))] == sorted(test_paths)
+
+
+def test_imagefolder_too_small_to_hold_out_is_a_clear_error(tmp_path: Path):
+    _write_tree(tmp_path / "tree", per_class=1)
+    with pytest.raises(MissingDataError, match="too small"):
+        load_dataset(f"imagefolder:{tmp_path / 'tree'}", "test")
+
+
+def test_imagefolder_declares_itself_not_flip_invariant_by_a_marker_file(tmp_path: Path):
+    _write_tree(tmp_path / "tree", per_class=5)
+    (tmp_path / "tree" / ".no-flip").touch()
+    ds = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+    assert not ds.flip_invariant and ds.classes == ["cat", "dog"]
+
+
+def test_victim_training_on_a_tree_says_where_its_test_split_came_from_and_obeys_no_flip(
+    tmp_path: Path,
+):
+    from typer.testing import CliRunner
+
+    from shared.checkpoint import load_checkpoint
+    from victim_service.cli import app
+
+    _write_tree(tmp_path / "tree", per_class=5, side=16)
+    out = tmp_path / "v.pt"
+    args = ["train", "--dataset", f"imagefolder:{tmp_path / 'tree'}", "--arch", "cnn5",
+            "--epochs", "1", "--input-size", "16", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--no-flip"])
+    assert result.exit_code == 0, result.output
+    assert "held out" in result.output
+    card = load_checkpoint(out)[1]
+    assert card.extra["flip"] is False and "held out" in card.extra["test_split"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and load_checkpoint(out)[1].extra["flip"] is True
 
 
 def test_imagefolder_missing_folder_is_a_clear_error(tmp_path: Path):

@@ -33,13 +33,21 @@ def train(
     seed: int = 0,
     device: str = "auto",
     amp: Annotated[bool, typer.Option(help="bf16 autocast where supported")] = True,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Mirror training images; default: unless the dataset declares its labels "
+            "not flip-invariant (digits, text, signs; an ImageFolder tree's .no-flip file)",
+        ),
+    ] = None,
 ) -> None:
     """Train a victim (seeded, best epoch chosen on a validation split) and write its checkpoint."""
     from victim_service.train import train_victim
 
     result = train_victim(
         dataset, arch, out, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size,
-        weights=weights, seed=seed, device=device, amp=amp,
+        weights=weights, seed=seed, device=device, amp=amp, flip=flip, say=typer.echo,
     )  # fmt: skip
     typer.echo(
         f"victim {arch} on {dataset}: test accuracy {result.test_accuracy:.4f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,20 @@ def train_victim(
     label_smoothing: float = 0.1,
     amp: bool = True,
     progress: bool = True,
+    flip: bool | None = None,
+    say: Callable[[str], object] = lambda _: None,
 ) -> VictimResult:
-    """Seeded training; the checkpoint kept is the best on a held-out part of the train split."""
+    """Seeded training; the checkpoint kept is the best on a held-out part of the train split.
+
+    `flip` None mirrors training images only where the dataset declares its labels
+    flip-invariant; `say` hears where a user's tree's test split came from.
+    """
     dev = resolve_device(device)
     train_set = load_dataset(dataset, "train", image_size=input_size, seed=seed)
     test_set = load_dataset(dataset, "test", image_size=input_size, seed=seed)
+    if test_set.split_note:
+        say(test_set.split_note)
+    flip = train_set.flip_invariant if flip is None else flip
     x_all = to_tensor(train_set.arrays(input_size))
     y_all = torch.from_numpy(train_set.targets)
     rng = np.random.default_rng(seed)
@@ -59,7 +69,7 @@ def train_victim(
     )  # fmt: skip
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, amp=amp,
-        flip=train_set.flip_invariant, pad=max(1, input_size // 8),
+        flip=flip, pad=max(1, input_size // 8),
         progress=progress, description=f"victim {arch} on {dataset}",
     )  # fmt: skip
 
@@ -89,6 +99,8 @@ def train_victim(
             "train_seconds": result.seconds,
             "weights": weights,
             "device": str(dev),
+            "flip": flip,
+            "test_split": test_set.split_note or "test",
         },
     )
     path = save_checkpoint(out, model.cpu(), card)

@@ -10,10 +10,11 @@ from shared.datasets import archives, generated, torchvision_sets  # noqa: F401 
 from shared.datasets.archives import extracted_archive
 from shared.datasets.base import SPLITS, ArrayDataset, FileDataset, ImageDataset
 from shared.datasets.generated import NaturalPool, NoisePool, bundled_photos
-from shared.datasets.imagefolder import imagefolder
+from shared.datasets.imagefolder import NO_FLIP_MARKER, imagefolder, read_tree
 from shared.datasets.registry import DatasetFactory, dataset_names, load_dataset, register
 
 __all__ = [
+    "NO_FLIP_MARKER",
     "SPLITS",
     "ArrayDataset",
     "DatasetFactory",
@@ -26,5 +27,6 @@ __all__ = [
     "extracted_archive",
     "imagefolder",
     "load_dataset",
+    "read_tree",
     "register",
 ]

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from shared.datasets.base import FileDataset
-from shared.datasets.imagefolder import imagefolder
+from shared.datasets.imagefolder import read_tree
 from shared.datasets.registry import register
 from shared.errors import MissingDataError
 from shared.paths import data_settings
@@ -41,12 +41,12 @@ def extracted_archive(archive_name: str) -> Path:
 @register("cifar10-jpeg")
 def cifar10_jpeg(split: str = "train", **_: object) -> FileDataset:
     root = extracted_archive("cifar10-jpeg.tar.gz") / "cifar10" / split
-    return imagefolder(root, cache_key=f"cifar10-jpeg-{split}", name="cifar10-jpeg")
+    return read_tree(root, cache_key=f"cifar10-jpeg-{split}", name="cifar10-jpeg")
 
 
 def _tiny_imagenet(part: str) -> FileDataset:
     root = extracted_archive("tiny-imagenet-subset.tar.gz") / "tiny-imagenet"
-    dataset = imagefolder(
+    dataset = read_tree(
         root / part, cache_key=f"tiny-imagenet-{part}", name=f"tiny-imagenet-{part}"
     )
     words = root / "words.txt"

@@ -32,6 +32,8 @@ class ImageDataset:
     """Whether a horizontal flip keeps the label (True for photos, False for digits)."""
     class_groups: dict[str, list[int]] = field(default_factory=dict)
     """An optional coarser level above the classes (a label hierarchy for the adaptive attack)."""
+    split_note: str | None = None
+    """Where this split came from, when the user should be told (a held-out part of a tree)."""
 
     def __len__(self) -> int:
         return len(self.targets)

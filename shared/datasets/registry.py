@@ -41,7 +41,7 @@ def load_dataset(
     if name.startswith("imagefolder:"):
         from shared.datasets.imagefolder import imagefolder
 
-        return imagefolder(name.removeprefix("imagefolder:"))
+        return imagefolder(name.removeprefix("imagefolder:"), split)
     if name not in _REGISTRY:
         raise UnknownNameError("dataset", name, dataset_names())
     return _REGISTRY[name](split=split, size=size, image_size=image_size, seed=seed)
