@@ -142,13 +142,22 @@ def create_model(
     """Build `arch` with a `num_classes` head.
 
     `weights`: None (random init), "imagenet" (torchvision's weights API; needs them cached or
-    the internet), or a path to a torchvision state dict or to one of our checkpoints (all but
-    the head is loaded).
+    the internet), or a path to a torchvision state dict or to one of our checkpoints of the
+    same architecture (all but the head is loaded, with the checkpoint's normalization).
+    Weights that do not fit the architecture are refused, never silently skipped.
     """
     if arch not in _ARCHS:
         raise UnknownNameError("architecture", arch, arch_names())
     spec = _ARCHS[arch]
-    pretrained = weights is not None
+    ours = None
+    if weights not in (None, "imagenet"):
+        state = _load_state(weights)
+        ours = _our_checkpoint(state, arch, weights)
+        if ours is None and not spec.torchvision:
+            raise TestbedError(
+                f"{weights} is not one of this project's checkpoints, and {arch} can start "
+                f"only from one of those (a torchvision state dict fits torchvision archs)"
+            )
     if spec.torchvision:
         import torchvision
 
@@ -162,10 +171,8 @@ def create_model(
                 f"could not load ImageNet weights for {arch} ({exc}). Offline, place the file "
                 f"in torch's hub cache ($TORCH_HOME/hub/checkpoints) or pass a local file."
             ) from None
-        if weights not in (None, "imagenet"):
-            state = _load_state(weights)
-            if "state_dict" not in state:
-                net.load_state_dict(state)
+        if weights not in (None, "imagenet") and ours is None:
+            _load_fitting(net, state, f"{weights} does not fit {arch}")
         body, old_head = _split_torchvision(net)
         head = nn.Linear(old_head.in_features, num_classes)
     else:
@@ -173,19 +180,45 @@ def create_model(
             raise TestbedError(f"{arch} has no ImageNet weights; use a torchvision architecture")
         body, dim = spec.build()
         head = nn.Linear(dim, num_classes)
-    if pretrained:
+    if ours is not None:  # the body learned under the checkpoint's normalization: keep it
+        mean, std = mean or ours["card"]["mean"], std or ours["card"]["std"]
+    elif weights is not None:
         mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     model = Classifier(body, head, mean or (0.5, 0.5, 0.5), std or (0.25, 0.25, 0.25))
-    if weights not in (None, "imagenet"):
-        state = _load_state(weights)
-        if "state_dict" in state:  # one of our checkpoints: everything but the head
-            body_state = {
-                k: v
-                for k, v in state["state_dict"].items()
-                if not k.startswith(("head.", "mean", "std"))
-            }
-            model.load_state_dict(body_state, strict=False)
+    if ours is not None:
+        body_state = {
+            k.removeprefix("body."): v
+            for k, v in ours["state_dict"].items()
+            if k.startswith("body.")
+        }
+        _load_fitting(
+            model.body, body_state, f"{weights} (a {arch} checkpoint) does not fit {arch}"
+        )
     return model
+
+
+def _our_checkpoint(state: object, arch: str, path: str | Path) -> dict | None:
+    """The payload when `state` is one of our checkpoints of `arch`; None for other files."""
+    if not (isinstance(state, dict) and "state_dict" in state and "card" in state):
+        return None
+    card = state["card"] if isinstance(state["card"], dict) else {}
+    if card.get("arch") != arch:
+        raise TestbedError(
+            f"{path} is a {card.get('arch', 'unknown')} checkpoint; a {arch} cannot start "
+            f"from it (pass --arch {card.get('arch')} or another file)"
+        )
+    return state
+
+
+def _load_fitting(module: nn.Module, state: object, message: str) -> None:
+    """Load `state` strictly: every tensor present with its shape, nothing extra."""
+    if not isinstance(state, dict):
+        raise TestbedError(f"{message}: not a state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise TestbedError(f"{message}: {detail[:300]}") from None
 
 
 def _load_state(path: str | Path) -> dict:

@@ -79,6 +79,57 @@ def test_checkpoint_from_our_file_seeds_a_new_model_except_the_head(tmp_path):
     assert new.head.out_features == 10
 
 
+def test_init_from_our_checkpoint_keeps_its_normalization(tmp_path):
+    """Defect 5: the checkpoint's mean/std were replaced by ImageNet's."""
+    model = create_model("cnn5", 3, mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5])
+    save_checkpoint(tmp_path / "m.pt", model, _card())
+    new = create_model("cnn5", 10, weights=tmp_path / "m.pt")
+    assert new.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert new.std.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5])
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # same features as the checkpoint's model: nothing lost on the way
+        assert torch.allclose(new.eval().features(x), model.eval().features(x))
+
+
+def test_init_from_a_checkpoint_of_another_architecture_is_refused(tmp_path):
+    """Defect 5: strict=False loaded nothing (or crashed) when the architecture differed."""
+    save_checkpoint(tmp_path / "m.pt", create_model("cnn5", 3), _card())
+    with pytest.raises(TestbedError, match="cnn5.*cnn9"):
+        create_model("cnn9", 10, weights=tmp_path / "m.pt")
+    with pytest.raises(TestbedError, match="cnn5.*resnet18"):
+        create_model("resnet18", 10, weights=tmp_path / "m.pt")
+
+
+def test_init_from_a_checkpoint_whose_weights_do_not_fit_is_refused(tmp_path):
+    """A card that names our architecture over weights of another (renamed or edited file)."""
+    save_checkpoint(tmp_path / "m.pt", create_model("cnn9-wide", 3), _card(arch="cnn9"))
+    with pytest.raises(TestbedError, match="does not fit cnn9"):
+        create_model("cnn9", 10, weights=tmp_path / "m.pt")
+
+
+def test_init_from_a_foreign_weights_file_that_does_not_fit_is_refused(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(TestbedError, match="does not fit resnet34"):
+        create_model("resnet34", 4, weights=tmp_path / "r18.pth")
+    with pytest.raises(TestbedError, match="cnn5"):  # was: silently loaded nothing
+        create_model("cnn5", 4, weights=tmp_path / "r18.pth")
+
+
+def test_victim_training_from_a_misfit_checkpoint_exits_2_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from victim_service.cli import app
+
+    save_checkpoint(tmp_path / "m.pt", create_model("cnn5", 3), _card())
+    result = CliRunner().invoke(
+        app, ["train", "--arch", "cnn9", "--weights", str(tmp_path / "m.pt"), "--epochs", "1"]
+    )
+    assert result.exit_code == 2 and "cnn5" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_loading_something_else_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TestbedError, match="not a readable checkpoint"):
