@@ -122,10 +122,15 @@ class Blackbox:
 
     @torch.no_grad()
     def answer(self, images: np.ndarray, clients: Sequence[str] | None = None) -> AnswerBatch:
-        """Run model and steps on a stacked (B, S, S, 3) uint8 batch of any size."""
+        """Run model and steps on a stacked (B, S, S, 3) batch of any size.
+
+        uint8 pixels are scaled to [0, 1]; float32 arrays are taken as already in [0, 1] (the
+        Open Inference Protocol's FP32 tensors), so no precision is lost on the way in.
+        """
         n = len(images)
         clients = tuple(clients) if clients is not None else ("local",) * n
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        x = x.float().div_(255) if images.dtype == np.uint8 else x.float()
         xd = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             features = self.model.features(xd)

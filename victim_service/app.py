@@ -10,14 +10,15 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,11 +29,13 @@ from shared.device import resolve_device
 from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
 from shared.pipeline import Blackbox, Granularity
 from shared.schemas import ErrorBody, ModelInfo, PredictJSONRequest, PredictResponse
+from victim_service.answering import ReadImages, json_response
 from victim_service.batching import MicroBatcher
 from victim_service.errors import ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter, check_api_key, client_id
 from victim_service.metrics import ServiceMetrics
 from victim_service.settings import VictimSettings
+from victim_service.v2 import v2_router
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
 
@@ -112,6 +115,7 @@ def create_app(settings: VictimSettings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/predict",
+        response_class=Response,
         response_model=PredictResponse,
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 429)},
         openapi_extra={
@@ -136,16 +140,32 @@ def create_app(settings: VictimSettings | None = None) -> FastAPI:
         },
         summary="Classify one or many images",
     )
-    async def predict(request: Request, client: Client) -> JSONResponse:
+    async def predict(request: Request, client: Client) -> Response:
         """Images as multipart `images` files or JSON base64; one prediction each, in order."""
+
+        async def read() -> tuple[int, Callable[[], np.ndarray]]:
+            payloads = await read_payloads(request, settings)
+            input_size = request.app.state.blackbox.input_size
+            return len(payloads), partial(decode_all, payloads, settings.max_pixels, input_size)
+
+        predictions = await answer(request, client, read)
+        return json_response({"output": settings.output, "predictions": predictions})
+
+    async def answer(request: Request, client: str, read: ReadImages) -> list[dict]:
+        """The one way from a request to its answers, for /v1 and /v2 alike.
+
+        `read()` parses the request into (image count, images or a function that decodes them);
+        then the client's rate limit, decoding off the event loop, the micro-batched model and
+        its defenses. Refusals raise `ApiError` (403 when a defense refuses an image); requests,
+        images, clients and latency are counted in /metrics.
+        """
         start = time.perf_counter()
         try:
-            payloads = await read_payloads(request, settings)
+            count, images = await read()
             if limiter is not None:
-                limiter.take(client, len(payloads))
-            images = await asyncio.to_thread(
-                decode_all, payloads, settings.max_pixels, request.app.state.blackbox.input_size
-            )
+                limiter.take(client, count)
+            if callable(images):
+                images = await asyncio.to_thread(images)
             rows = await request.app.state.batcher.submit(images, client)
         except ApiError as exc:
             metrics.requests.labels(status=str(exc.status)).inc()
@@ -160,7 +180,9 @@ def create_app(settings: VictimSettings | None = None) -> FastAPI:
         metrics.requests.labels(status="200").inc()
         metrics.images.inc(len(rows))
         metrics.latency.observe(time.perf_counter() - start)
-        return JSONResponse({"output": settings.output, "predictions": [p for p, _ in rows]})
+        return [p for p, _ in rows]
+
+    app.include_router(v2_router(settings, Client, answer))
 
     @app.get("/v1/model", response_model=ModelInfo, summary="What the API discloses")
     async def model_info(request: Request, _: Client) -> ModelInfo:

@@ -11,6 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
+def stack(batches: list[np.ndarray]) -> np.ndarray:
+    """One batch of several requests' images: uint8 pixels, or float32 in [0, 1] when mixed."""
+    if len(batches) == 1:
+        return batches[0]
+    if all(b.dtype == np.uint8 for b in batches):
+        return np.concatenate(batches)
+    return np.concatenate(
+        [b.astype(np.float32) / np.float32(255) if b.dtype == np.uint8 else b for b in batches]
+    )
+
+
 RunBatch = Callable[[np.ndarray, list[str]], list]
 """(images (B, S, S, 3), one client id per image) -> one result per image, in order."""
 
@@ -83,7 +95,7 @@ class MicroBatcher:
                     break
                 jobs.append(job)
                 size += len(job.images)
-            images = np.concatenate([j.images for j in jobs])
+            images = stack([j.images for j in jobs])
             clients = [j.client for j in jobs for _ in range(len(j.images))]
             try:
                 results = await loop.run_in_executor(self.executor, self.run, images, clients)

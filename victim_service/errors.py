@@ -1,4 +1,9 @@
-"""One error shape for every refusal: `{"error": {"kind", "message", "position"}}`."""
+"""One error shape for every refusal: `{"error": {"kind", "message", "position"}}`.
+
+Under `/v2/` (the Open Inference Protocol) the protocol's own shape is used instead, so that
+Triton's, KServe's and MLServer's clients read the message: `{"error": "<message>", "kind",
+"position"}` (the same facts, the message where those clients look for it).
+"""
 
 from __future__ import annotations
 
@@ -22,10 +27,21 @@ class ApiError(Exception):
         self.position, self.headers = position, headers
 
 
+V2_PREFIX = "/v2"
+
+
 def error_response(
-    status: int, kind: str, message: str, position: int | None = None, headers=None
+    status: int,
+    kind: str,
+    message: str,
+    position: int | None = None,
+    headers=None,
+    path: str = "",
 ) -> JSONResponse:
-    body = {"error": {"kind": kind, "message": message, "position": position}}
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body: dict = {"error": message, "kind": kind, "position": position}
+    else:
+        body = {"error": {"kind": kind, "message": message, "position": position}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -33,17 +49,21 @@ def install_error_handlers(app: FastAPI, on_error) -> None:
     """Register handlers; `on_error(kind)` counts each refusal for /metrics."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         on_error(exc.kind)
-        return error_response(exc.status, exc.kind, exc.message, exc.position, exc.headers)
+        return error_response(
+            exc.status, exc.kind, exc.message, exc.position, exc.headers, request.url.path
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         on_error(kind)
-        return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
+        return error_response(
+            exc.status_code, kind, str(exc.detail), headers=exc.headers, path=request.url.path
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         on_error("invalid_request")
-        return error_response(422, "invalid_request", str(exc.errors()))
+        return error_response(422, "invalid_request", str(exc.errors()), path=request.url.path)

@@ -15,6 +15,11 @@ class VictimSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VICTIM_", env_file=None, extra="ignore")
 
     checkpoint: Path = Path("runs/victim.pt")
+    model_name: str = Field(
+        "victim",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="the model's name on the Open Inference Protocol routes (/v2/models/{name})",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast where the hardware supports it")
 
