@@ -37,6 +37,15 @@ def query(
     limit: int | None = typer.Option(None, help="Stop after this many new images (resumable)"),
     retries: int = typer.Option(10, help="Retries per request on errors and 5xx"),
     timeout: float = typer.Option(30.0, help="Seconds per request"),
+    protocol: str = typer.Option(
+        "v1",
+        help="v1 (this testbed's /v1/predict) or v2 (Open Inference Protocol: Triton, "
+        "KServe, MLServer)",
+    ),
+    model: str = typer.Option("victim", help="v2: the model's name on the server"),
+    binary: bool = typer.Option(
+        True, "--binary/--json-tensors", help="v2: binary tensor extension or JSON data"
+    ),
 ) -> None:
     """Query the API with pool images and store every answer; rerun the same command to resume."""
     from attacker.client import RetryPolicy
@@ -46,7 +55,8 @@ def query(
         url=url, pool=pool, budget=budget, db=db, strategy=strategy, seed=seed,
         api_key=api_key, concurrency=concurrency, batch_size=batch_size, pool_size=pool_size,
         pool_image_size=pool_image_size, resize_to_input=not native_size, limit=limit,
-        timeout_s=timeout, retry=RetryPolicy(max_retries=retries),
+        timeout_s=timeout, retry=RetryPolicy(max_retries=retries), protocol=protocol,
+        model=model, binary=binary,
     )  # fmt: skip
     typer.echo(run_summary(run_query(config)))
 

@@ -15,13 +15,20 @@ import json
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 
+from attacker.inference_v2 import V2Model, infer_body, read_answers, read_metadata
 from shared.errors import TestbedError
+from shared.inference_protocol import HEADER_LENGTH, ProtocolError
 from shared.schemas import ModelInfo
+
+PROTOCOLS = ("v1", "v2")
+"""v1: this testbed's /v1/predict; v2: the Open Inference Protocol (Triton, KServe, MLServer)."""
 
 RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
 """Statuses a later attempt can turn into an answer."""
@@ -87,6 +94,8 @@ def _error_text(response: httpx.Response) -> tuple[str | None, str]:
     try:
         body = response.json()
         error = body["error"]
+        if isinstance(error, str):  # the Open Inference Protocol's shape
+            return (str(body["kind"]) if body.get("kind") else None), error
         return str(error.get("kind")), str(error.get("message"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None, response.text[:200] or response.reason_phrase
@@ -103,7 +112,7 @@ def _fatal(response: httpx.Response, url: str) -> FatalAPIError:
     elif status == 413:
         text = f"the request was too large for the service ({detail}); lower --batch-size"
     elif status in (404, 405):
-        text = f"no prediction API at {url} ({detail}); check --url"
+        text = f"no prediction API at {url} ({detail}); check --url, --protocol and --model"
     elif status in (400, 415, 422):
         text = f"the service rejected the request as malformed ({detail})"
     else:
@@ -153,9 +162,16 @@ class PredictClient:
         timeout_s: float = 30.0,
         retry: RetryPolicy | None = None,
         seed: int = 0,
+        protocol: str = "v1",
+        model: str = "victim",
+        binary: bool = True,
     ) -> None:
         if concurrency < 1:
             raise TestbedError("concurrency must be >= 1")
+        if protocol not in PROTOCOLS:
+            raise TestbedError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        self.protocol, self.model, self.binary = protocol, model, binary
+        self.v2: V2Model | None = None
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.concurrency = concurrency
@@ -186,8 +202,19 @@ class PredictClient:
             await self._client.aclose()
             self._client = None
 
-    async def model_info(self) -> ModelInfo:
-        """`GET /v1/model`: output mode, number of outputs, input size and request limits."""
+    async def model_info(self, batch_size: int = 8) -> ModelInfo:
+        """Output mode, number of outputs, input size and request limits.
+
+        v1: `GET /v1/model`. v2: the model's metadata (`GET /v2/models/{model}`), which also
+        fixes how `infer_timed` asks; `batch_size` is the request limit where it says none.
+        """
+        if self.protocol == "v2":
+            path = f"/v2/models/{self.model}"
+            body, _ = await self._send("GET", path, max_retries=self.retry.connect_retries)
+            if not isinstance(body, dict):
+                raise FatalAPIError(f"{self.url}{path} did not answer with model metadata")
+            self.v2 = read_metadata(self.model, body, batch_size)
+            return self.v2.info
         body, _ = await self._send("GET", "/v1/model", max_retries=self.retry.connect_retries)
         try:
             return ModelInfo.model_validate(body)
@@ -221,8 +248,42 @@ class PredictClient:
         self.stats.images += len(images)
         return predictions, latency_ms
 
+    async def infer_timed(self, images: np.ndarray) -> tuple[list[dict[str, Any]], float]:
+        """v2: answers for an (N, S, S, 3) uint8 batch, in the /v1 format, and the latency in ms.
+
+        Tensors go through the binary extension (no image encoding on either side) unless the
+        client was made with `binary=False` (JSON `data`, for servers without the extension).
+        """
+        if self.v2 is None:
+            raise RuntimeError("call model_info() first: it reads the model's metadata")
+        if not len(images):
+            return [], 0.0
+        model = self.v2
+        content, headers = infer_body(model, images, self.binary)
+
+        def parse(response: httpx.Response) -> list[dict[str, Any]]:
+            return read_answers(
+                model, response.content, response.headers.get(HEADER_LENGTH), len(images)
+            )
+
+        path = f"/v2/models/{model.name}/infer"
+        try:
+            answers, latency_ms = await self._send(
+                "POST", path, content=content, headers=headers, parse=parse
+            )
+        except ProtocolError as exc:
+            raise FatalAPIError(f"{self.url}{path} answered out of protocol: {exc}") from None
+        self.stats.images += len(images)
+        return answers, latency_ms
+
     async def _send(
-        self, method: str, path: str, *, max_retries: int | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        max_retries: int | None = None,
+        parse: Callable[[httpx.Response], Any] | None = None,
+        **kwargs: Any,
     ) -> tuple[Any, float]:
         """The parsed JSON body of a 200 answer and its latency in ms, after any retries."""
         if self._client is None or self._slots is None:
@@ -233,7 +294,7 @@ class PredictClient:
             await self._wait_turn()
             try:
                 async with self._slots:
-                    return await self._attempt(method, path, **kwargs)
+                    return await self._attempt(method, path, parse, **kwargs)
             except _Retry as retry:
                 if retry.wait_s is not None:  # 429: honour Retry-After, for every sender
                     self._not_before = max(self._not_before, time.monotonic() + retry.wait_s)
@@ -257,7 +318,9 @@ class PredictClient:
             self.stats.retry_after_waited_s += wait
             await asyncio.sleep(wait)
 
-    async def _attempt(self, method: str, path: str, **kwargs: Any) -> tuple[Any, float]:
+    async def _attempt(
+        self, method: str, path: str, parse: Callable | None, **kwargs: Any
+    ) -> tuple[Any, float]:
         assert self._client is not None
         self.stats.requests += 1
         start = time.perf_counter()
@@ -272,6 +335,8 @@ class PredictClient:
         status = response.status_code
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
         if status == 200:
+            if parse is not None:  # its ProtocolError is an answer a retry would not change
+                return parse(response), latency_ms
             try:
                 return json.loads(response.content), latency_ms
             except ValueError:

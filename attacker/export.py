@@ -42,7 +42,8 @@ def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> Ex
     entries = []
     fmt = (run.params or {}).get("image_format", "png")
     for query in queries:
-        data = encode_image(sent_image(run, pool, query.pool_index), fmt)
+        image = sent_image(run, pool, query.pool_index)
+        data = encode_image(image, fmt)
         digest = hashlib.sha256(data).hexdigest()
         if digest != query.sha256:
             raise TestbedError(
@@ -55,7 +56,7 @@ def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> Ex
             / (f"{query.position:06d}_{query.pool_index}.png")
         )
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        (out / relative).write_bytes(data)
+        (out / relative).write_bytes(data if fmt == "png" else encode_image(image, "png"))
         entries.append(
             {
                 "position": query.position,

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from attacker.client import ClientStats, FatalAPIError, PredictClient, RetryPolicy
+from attacker.client import PROTOCOLS, ClientStats, FatalAPIError, PredictClient, RetryPolicy
 from attacker.store import Query, Run, open_store, sent_image, utcnow
 from attacker.strategies import STRATEGIES, AdaptiveConfig, Strategy, make_strategy
 from shared.datasets import ImageDataset, load_dataset
@@ -37,6 +37,8 @@ from shared.schemas import ModelInfo, answer_label
 
 IMAGE_FORMAT = "png"
 """Lossless and deterministic: the same image always gives the same bytes and sha256."""
+V2_IMAGE_FORMAT = "raw"
+"""v2 sends the pixels themselves as a tensor: the sha256 is that of the array's bytes."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,18 @@ class QueryConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     progress: bool = True
+    protocol: str = "v1"
+    """v1 (this testbed's /v1/predict) or v2 (the Open Inference Protocol)."""
+    model: str = "victim"
+    """v2: the model's name on the server."""
+    binary: bool = True
+    """v2: tensors through the binary extension (else JSON `data`)."""
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise TestbedError(
+                f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}"
+            )
         if self.strategy not in STRATEGIES:
             raise TestbedError(
                 f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}"
@@ -87,8 +99,19 @@ class QueryConfig:
             raise TestbedError("the pool size must be at least 1")
 
     @property
-    def victim_url(self) -> str:
+    def base_url(self) -> str:
         return self.url.rstrip("/")
+
+    @property
+    def victim_url(self) -> str:
+        """The endpoint a run is tied to: the base URL (v1) or the v2 model's URL."""
+        if self.protocol == "v2":
+            return f"{self.base_url}/v2/models/{self.model}"
+        return self.base_url
+
+    @property
+    def image_format(self) -> str:
+        return V2_IMAGE_FORMAT if self.protocol == "v2" else IMAGE_FORMAT
 
 
 @dataclass
@@ -164,7 +187,8 @@ def _new_run(config: QueryConfig, pool: ImageDataset, info: ModelInfo) -> Run:
             "pool_seed": config.seed,
             "pool_name": pool.name,
             "send_size": info.input_size if config.resize_to_input else None,
-            "image_format": IMAGE_FORMAT,
+            "image_format": config.image_format,
+            "protocol": config.protocol,
             "concurrency": config.concurrency,
             # the adaptive plan learns from answers `feedback_window` batches late, fixed at
             # creation so a resumed run (any concurrency) makes the same choices
@@ -200,9 +224,10 @@ def _stored(
 def _prepare(
     run: Run, pool: ImageDataset, indices: Sequence[int]
 ) -> tuple[np.ndarray, list[bytes], list[str]]:
-    """The images as sent, their PNG bytes and their sha256 (off the event loop)."""
+    """The images as sent, their bytes (PNG for v1, raw for v2) and sha256 (off the loop)."""
     images = np.stack([sent_image(run, pool, i) for i in indices])
-    payloads = [encode_image(image, IMAGE_FORMAT) for image in images]
+    fmt = (run.params or {}).get("image_format", IMAGE_FORMAT)
+    payloads = [encode_image(image, fmt) for image in images]
     return images, payloads, [hashlib.sha256(p).hexdigest() for p in payloads]
 
 
@@ -274,14 +299,17 @@ async def query_async(config: QueryConfig) -> QueryResult:
             run.output_mode,
         )  # fmt: skip
     async with PredictClient(
-        config.victim_url,
+        config.base_url,
         api_key=config.api_key,
         concurrency=config.concurrency,
         timeout_s=config.timeout_s,
         retry=config.retry,
         seed=config.seed,
+        protocol=config.protocol,
+        model=config.model,
+        binary=config.binary,
     ) as client:
-        info = await client.model_info()
+        info = await client.model_info(config.batch_size)
         resumed = run is not None
         if run is None:
             with factory() as session, session.begin():
@@ -358,7 +386,10 @@ async def _query_loop(
     async def send(batch: _Batch, missing: list[int]) -> _Batch:
         indices = [batch.indices[batch.positions.index(p)] for p in missing]
         images, payloads, hashes = await asyncio.to_thread(_prepare, run, pool, indices)
-        answers, latency_ms = await client.predict_timed(payloads)
+        if config.protocol == "v2":
+            answers, latency_ms = await client.infer_timed(images)
+        else:
+            answers, latency_ms = await client.predict_timed(payloads)
         now = utcnow()
         rows = []
         for position, index, digest, answer in zip(missing, indices, hashes, answers, strict=True):

@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ENCODE_FORMATS = ("png", "jpeg")
+ENCODE_FORMATS = ("png", "jpeg", "raw")
+"""`raw` is the (H, W, 3) uint8 array's own bytes: what a binary tensor carries (KServe v2)."""
 
 
 class ImageError(ValueError):
@@ -33,6 +34,8 @@ class ImageTooLargeError(ImageError):
 
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     """Encode an (H, W, 3) uint8 array; PNG is lossless, so the victim sees exactly the array."""
+    if fmt == "raw":
+        return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     buffer = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     if fmt == "png":

@@ -218,7 +218,10 @@ def test_oversized_body_is_refused_without_reading_it(victim_checkpoint, digits_
 
 
 def test_unknown_route_and_method_use_the_error_shape(service):
-    assert httpx.get(f"{service}/v2/nothing").json()["error"]["kind"] == "not_found"
+    assert httpx.get(f"{service}/v9/nothing").json()["error"]["kind"] == "not_found"
+    # under /v2 (the Open Inference Protocol) the protocol's shape: the message is the string
+    v2 = httpx.get(f"{service}/v2/nothing").json()
+    assert v2["kind"] == "not_found" and isinstance(v2["error"], str)
     assert httpx.get(f"{service}/v1/predict").json()["error"]["kind"] == "method_not_allowed"
 
 
