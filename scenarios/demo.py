@@ -19,16 +19,22 @@ from attacker.transfer import load_transfer_set
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.errors import TestbedError
 from victim_service.launch import service_process
+from victim_service.recipes import CIFAR10, DIGITS
 from victim_service.train import train_victim
+
+DEMO_KNOCKOFF_EPOCHS = 15
+"""The demo's own documented choice (the attacker's CLI default is longer): a 1-minute demo."""
 
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """One demo run; the victim's training comes from its dataset's recipe."""
+
     victim_dataset: str = "digits"
-    victim_arch: str = "cnn5"
-    victim_epochs: int = 15
-    victim_batch_size: int = 64
-    victim_lr: float = 0.05
+    victim_arch: str = DIGITS.arch
+    victim_epochs: int = DIGITS.epochs
+    victim_batch_size: int = DIGITS.batch_size
+    victim_lr: float = DIGITS.lr
     pool: str = "natural"
     pool_size: int | None = 10_000
     budget: int = 5_000
@@ -36,7 +42,7 @@ class DemoConfig:
     top_k: int = 3
     strategy: str = "random"
     knockoff_arch: str = "cnn5"
-    knockoff_epochs: int = 15
+    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
     knockoff_batch_size: int = 128
     knockoff_lr: float = 0.05
     balance: bool = False
@@ -50,10 +56,10 @@ PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(),
     "realistic": DemoConfig(
         victim_dataset="cifar10-jpeg",
-        victim_arch="cnn9",
-        victim_epochs=18,
-        victim_batch_size=256,
-        victim_lr=0.2,
+        victim_arch=CIFAR10.arch,
+        victim_epochs=CIFAR10.epochs,
+        victim_batch_size=CIFAR10.batch_size,
+        victim_lr=CIFAR10.lr,
         pool="tiny-imagenet-attacker",
         pool_size=None,
         budget=60_000,

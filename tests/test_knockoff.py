@@ -186,6 +186,9 @@ def test_train_command_with_budgets_writes_one_checkpoint_each_and_a_curve(
     assert (tmp_path / "k-60.pt").exists() and (tmp_path / "k-160.pt").exists()
     points = json.loads((tmp_path / "k-budgets.json").read_text())
     assert [p["budget"] for p in points] == [60, 160]
-    assert all(0 <= p["agreement"] <= 1 for p in points)
+    for point in points:  # each point is that budget's own knockoff, evaluated on test data
+        again = evaluate(tmp_path / f"k-{point['budget']}.pt", victim_checkpoint, "digits", "test")
+        assert point["agreement"] == pytest.approx(again["agreement"])
+        assert point["recovery"] == pytest.approx(again["recovery"])
     assert (tmp_path / "k-budgets.png").stat().st_size > 0
     assert "recovery" in result.output

@@ -20,9 +20,13 @@ REPORT_KEYS = {
 
 
 def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, monkeypatch):
-    """Victim cache, live service, HTTP queries, SQLite, knockoff, evaluation, report."""
-    config = DemoConfig(budget=400, pool_size=1000, knockoff_epochs=3, out=tmp_path / "demo",
-                        victim_epochs=8)  # fmt: skip
+    """Victim cache, live service, HTTP queries, SQLite, knockoff, evaluation, report.
+
+    What the demo is for (defect 8): the knockoff learned the victim's function from its answers
+    to out-of-distribution queries, at least three times the 10% that a 10-class guess gets.
+    """
+    config = DemoConfig(budget=600, pool_size=1000, knockoff_epochs=6, knockoff_batch_size=32,
+                        out=tmp_path / "demo", victim_epochs=8)  # fmt: skip
     monkeypatch.chdir(tmp_path)  # the victim cache is runs/victims under the working folder
     (tmp_path / "runs" / "victims").mkdir(parents=True)
     shutil.copy(victim_checkpoint, tmp_path / "runs" / "victims" / "digits-cnn5-e8-s0.pt")
@@ -32,12 +36,13 @@ def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, mon
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert set(saved) == REPORT_KEYS
-    assert report["queries"] == 400
+    assert report["queries"] == 600
     assert report["victim_accuracy"] > 0.9
-    assert 0 <= report["agreement"] <= 1  # defect 8: assert what the demo is for (next commit)
+    # measured: knockoff accuracy 0.489, agreement 0.484 (a constant answer would give ~0.1)
+    assert report["knockoff_accuracy"] > 0.3 and report["agreement"] > 0.3, report
     assert report["data"]["pool"] == "natural" and report["seconds"] > 0
     assert any("recovery" in line for line in lines)
-    assert len(load_transfer_set(tmp_path / "demo" / "transfer.sqlite").images) == 400
+    assert len(load_transfer_set(tmp_path / "demo" / "transfer.sqlite").images) == 600
 
 
 def test_scenarios_entry_points_offer_the_demo():

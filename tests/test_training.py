@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from shared.checkpoint import load_checkpoint
@@ -20,8 +21,36 @@ def test_augment_keeps_shape_and_content_and_is_seeded():
     a = augment(x, 2, True, torch.Generator().manual_seed(1))
     b = augment(x, 2, True, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, augment(x, 2, True, torch.Generator().manual_seed(2)))
     same = augment(x, 0, False, torch.Generator().manual_seed(1))
     assert torch.equal(same, x)
+
+
+def test_augment_translates_each_image_by_its_own_offset_within_the_padding():
+    """Defect 8: the old test passed if augmentation were the identity."""
+    pad, n = 2, 64
+    x = torch.rand(n, 3, 8, 8)
+    out = augment(x, pad, False, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect")
+    offsets = set()
+    for i in range(n):
+        found = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                 if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])]  # fmt: skip
+        assert len(found) == 1, f"image {i} is no crop of its padded self"
+        offsets.add(found[0])
+    assert len(offsets) >= 15  # of 25: offsets vary per image, not one shift for the batch
+    assert sum(torch.equal(out[i], x[i]) for i in range(n)) < n // 4
+
+
+def test_augment_mirrors_about_half_the_images_and_only_when_asked():
+    n = 400
+    x = torch.rand(n, 3, 6, 6)
+    out = augment(x, 0, True, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(out[i], x[i].flip(2)) for i in range(n)]
+    kept = [torch.equal(out[i], x[i]) for i in range(n)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # each one or the other
+    assert 150 < sum(mirrored) < 250
+    assert torch.equal(augment(x, 0, False, torch.Generator().manual_seed(0)), x)
 
 
 def test_train_command_prints_accuracy_and_writes_checkpoint(tmp_path):
@@ -45,3 +74,29 @@ def test_train_command_unknown_names_exit_cleanly(tmp_path):
         )  # fmt: skip
         assert result.returncode == 2
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_command_takes_unset_options_from_the_datasets_recipe(tmp_path):
+    """Defaults have one home (victim_service/recipes.py): the CLI and train_victim read it."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from victim_service.cli import app
+    from victim_service.recipes import GENERIC, RECIPES, recipe_for
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "tree" / c / f"{i}.png")
+    out = tmp_path / "v.pt"
+    result = CliRunner().invoke(
+        app, ["train", "--dataset", f"imagefolder:{tmp_path / 'tree'}", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    card = load_checkpoint(out)[1]
+    assert card.arch == GENERIC.arch and card.extra["epochs"] == GENERIC.epochs
+    assert card.input_size == GENERIC.input_size
+    assert recipe_for("cifar10-jpeg") == RECIPES["cifar10-jpeg"] != GENERIC
+    assert recipe_for("cifar10-jpeg").arch == "cnn9"

@@ -15,6 +15,7 @@ from shared.datasets import load_dataset
 from shared.device import resolve_device
 from shared.models import create_model
 from shared.training import TrainConfig, accuracy, dataset_stats, fit, to_tensor
+from victim_service.recipes import recipe_for
 
 
 @dataclass
@@ -31,10 +32,10 @@ def train_victim(
     arch: str,
     out: str | Path,
     *,
-    epochs: int = 10,
-    batch_size: int = 256,
-    lr: float = 0.2,
-    input_size: int = 32,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    input_size: int | None = None,
     weights: str | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -47,9 +48,15 @@ def train_victim(
 ) -> VictimResult:
     """Seeded training; the checkpoint kept is the best on a held-out part of the train split.
 
-    `flip` None mirrors training images only where the dataset declares its labels
-    flip-invariant; `say` hears where a user's tree's test split came from.
+    Options left None come from the dataset's recipe (victim_service/recipes.py). `flip` None
+    mirrors training images only where the dataset declares its labels flip-invariant; `say`
+    hears where a user's tree's test split came from.
     """
+    recipe = recipe_for(dataset)
+    epochs = recipe.epochs if epochs is None else epochs
+    batch_size = recipe.batch_size if batch_size is None else batch_size
+    lr = recipe.lr if lr is None else lr
+    input_size = recipe.input_size if input_size is None else input_size
     dev = resolve_device(device)
     train_set = load_dataset(dataset, "train", image_size=input_size, seed=seed)
     test_set = load_dataset(dataset, "test", image_size=input_size, seed=seed)
