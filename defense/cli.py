@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from shared.cli import friendly
+from shared.errors import TestbedError
 
 app = typer.Typer(
     help="The victim owner's defenses against model extraction.",
@@ -105,6 +106,20 @@ def evaluate_ood_command(
         markdown.write_text(table + "\n")
 
 
+def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
+    """`name.field=value` items -> {defense: {field: value}} (validated by the registry)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, field_name = key.strip().partition(".")
+        if not sep or not dot or not name or not field_name:
+            raise TestbedError(
+                f"--set {item!r}: expected DEFENSE.FIELD=VALUE, e.g. prada.threshold=0.95"
+            )
+        out.setdefault(name, {})[field_name] = value.strip()
+    return out
+
+
 @app.command("evaluate-utility")
 @friendly
 def evaluate_utility_command(
@@ -116,21 +131,32 @@ def evaluate_utility_command(
     limit: Annotated[int | None, typer.Option(help="test images used (default all)")] = None,
     clients: int = 10,
     batch_size: int = 128,
-    rs_beta: float = 0.7,
-    rs_gamma: float = 0.5,
-    noise_std: float = 0.1,
-    prada_threshold: float = 0.9,
+    rs_beta: Annotated[float | None, typer.Option(help="= --set reverse_sigmoid.beta=")] = None,
+    rs_gamma: Annotated[float | None, typer.Option(help="= --set reverse_sigmoid.gamma=")] = None,
+    noise_std: Annotated[float | None, typer.Option(help="= --set noise.std=")] = None,
+    prada_threshold: Annotated[float | None, typer.Option(help="= --set prada.threshold=")] = None,
     round_decimals: int = 2,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="DEFENSE.FIELD=VALUE replaces a default (repeatable)"),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> None:
-    """Benign accuracy through the defended black box (the service's steps), per defense."""
+    """Benign accuracy through the defended black box (the service's steps), per defense.
+
+    Every registered defense is measured at its own default strength unless overridden.
+    """
     from defense.evaluate import default_configs, evaluate_utility, utility_markdown
 
-    configs = default_configs(
-        ood, rs_beta, rs_gamma, noise_std, prada_threshold, round_decimals
-    )  # fmt: skip
+    overrides = parse_sets(set_ or [])
+    shortcuts = {("reverse_sigmoid", "beta"): rs_beta, ("reverse_sigmoid", "gamma"): rs_gamma,
+                 ("noise", "std"): noise_std, ("prada", "threshold"): prada_threshold}  # fmt: skip
+    for (name, field_name), value in shortcuts.items():
+        if value is not None:
+            overrides.setdefault(name, {})[field_name] = value
+    configs = default_configs(ood, overrides, round_decimals)
     result = evaluate_utility(
         victim, dataset, configs, limit=limit, clients=clients, batch_size=batch_size,
         seed=seed, device=device,

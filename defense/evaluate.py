@@ -6,8 +6,9 @@ Results are data first (dicts ready for JSON); the Markdown tables are generated
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +16,10 @@ import torch
 from defense.baselines import BASELINES, baseline_scores
 from defense.features import Backbone, cached_features
 from defense.ood import OODFilter, threshold_for_tnr
+from defense.registry import BuildContext, build_steps, defenses, get_defense, read_all
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
+from shared.pipeline import Blackbox, Granularity
 from shared.schemas import answer_label
 
 BASELINE_TITLES = {
@@ -173,46 +176,50 @@ def ood_markdown(result: dict) -> str:
 
 @dataclass
 class UtilityConfig:
+    """One defended configuration: registered defenses' settings and the output granularity."""
+
     name: str
-    settings: dict
-    """VictimSettings fields that switch this defense on."""
+    defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """defense name -> its settings fields (see `defense.registry`)."""
+    granularity: dict[str, Any] = field(default_factory=dict)
+    """`Granularity` fields: mode, top_k, decimals."""
+
+
+def _label(name: str, values: dict[str, Any]) -> str:
+    shown = [
+        f"{k}={v}" for k, v in values.items() if not isinstance(v, Path | str) or k == "action"
+    ]
+    return f"{name}({','.join(shown)})" if shown else name
 
 
 def default_configs(
-    ood: str | Path | None,
-    rs_beta: float = 0.7,
-    rs_gamma: float = 0.5,
-    noise_std: float = 0.1,
-    prada_threshold: float = 0.9,
+    ood: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
     round_decimals: int = 2,
 ) -> list[UtilityConfig]:
-    configs = [UtilityConfig("none", {})]
+    """No defense, each registered defense at each of its default sweeps, the granularities,
+    and everything at once. `overrides` (defense -> fields) replace a defense's defaults;
+    `ood` is the filter artefact (the OOD rows need one)."""
+    overrides = {name: dict(v) for name, v in (overrides or {}).items()}
+    for name in overrides:
+        get_defense(name)
     if ood is not None:
-        for action in ("shuffle", "reject", "label"):
-            configs.append(
-                UtilityConfig(f"ood-{action}", {"ood_detector": ood, "ood_action": action})
-            )
+        overrides.setdefault("ood", {}).setdefault("detector", Path(ood))
+    configs = [UtilityConfig("none")]
+    everything: dict[str, dict[str, Any]] = {}
+    for d in defenses():
+        for sweep in d.sweeps or ({},):
+            values = {**sweep, **overrides.get(d.name, {})}
+            if not d.enabled(d.read(values, env=False)):
+                continue  # e.g. the OOD filter without an artefact
+            configs.append(UtilityConfig(_label(d.name, values), {d.name: values}))
+            everything.setdefault(d.name, values)
     configs += [
-        UtilityConfig(
-            f"reverse-sigmoid(beta={rs_beta},gamma={rs_gamma})",
-            {"reverse_sigmoid_beta": rs_beta, "reverse_sigmoid_gamma": rs_gamma},
-        ),
-        UtilityConfig(f"noise(std={noise_std})", {"noise_std": noise_std}),
-        UtilityConfig(f"round({round_decimals})", {"round_decimals": round_decimals}),
-        UtilityConfig("top-1", {"output": "topk", "top_k": 1}),
-        UtilityConfig("label-only", {"output": "label"}),
-        UtilityConfig(f"prada(threshold={prada_threshold})", {"prada_threshold": prada_threshold}),
+        UtilityConfig(f"round({round_decimals})", granularity={"decimals": round_decimals}),
+        UtilityConfig("top-1", granularity={"mode": "topk", "top_k": 1}),
+        UtilityConfig("label-only", granularity={"mode": "label"}),
+        UtilityConfig("all", everything, {"decimals": round_decimals}),
     ]
-    everything = {
-        "reverse_sigmoid_beta": rs_beta,
-        "reverse_sigmoid_gamma": rs_gamma,
-        "noise_std": noise_std,
-        "round_decimals": round_decimals,
-        "prada_threshold": prada_threshold,
-    }
-    if ood is not None:
-        everything |= {"ood_detector": ood, "ood_action": "shuffle"}
-    configs.append(UtilityConfig("all", everything))
     return configs
 
 
@@ -231,14 +238,13 @@ def evaluate_utility(
     """Benign accuracy through the defended black box (the service's own steps), per defense.
 
     The test split is sent in batches of `batch_size`, round-robin from `clients` benign clients
-    (stateful defenses see each client's own stream). Refused rows count as wrong.
+    (stateful defenses see each client's own stream). Refused rows count as wrong. The steps are
+    built by the registry exactly as the service builds them (float32, no autocast).
     """
     from tqdm.auto import tqdm
 
-    from victim_service.app import load_blackbox
-    from victim_service.settings import VictimSettings
-
-    _, card = load_checkpoint(victim)
+    dev = torch.device(device)
+    model, card = load_checkpoint(victim, dev)
     test = load_dataset(dataset, "test", size=limit, image_size=card.input_size, seed=seed)
     index = _subsample(len(test), limit, seed)
     images = test.arrays(card.input_size)[index]
@@ -246,12 +252,12 @@ def evaluate_utility(
     order = np.random.default_rng(seed).permutation(len(images))
     images, targets = images[order], targets[order]
     owners = [f"benign-{i % clients}" for i in range(len(images))]
+    context = BuildContext(model, card, dev, amp=False, seed=seed)
     results = []
     for config in tqdm(configs, desc="defenses", disable=not progress):
-        settings = VictimSettings(
-            checkpoint=Path(victim), device=device, amp=False, seed=seed, **config.settings
-        )
-        blackbox = load_blackbox(settings)
+        settings = read_all(config.defenses, env=False)
+        steps = build_steps(settings, context)
+        blackbox = Blackbox(model, card.input_size, steps, Granularity(**config.granularity), dev)
         correct = refused = 0
         flagged: dict[str, int] = {}
         start = time.perf_counter()
@@ -265,10 +271,14 @@ def evaluate_utility(
             for name, mask in batch.flags.items():
                 flagged[name] = flagged.get(name, 0) + int(mask.sum())
         seconds = time.perf_counter() - start
+        used = {name: settings[name].model_dump(mode="json") for name in config.defenses}
         results.append(
             {
                 "defense": config.name,
-                "settings": {k: str(v) for k, v in config.settings.items()},
+                "settings": {
+                    **used,
+                    **({"granularity": config.granularity} if config.granularity else {}),
+                },
                 "accuracy": correct / len(images),
                 "refused": refused / len(images),
                 "flagged": {k: v / len(images) for k, v in flagged.items()},

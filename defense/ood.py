@@ -7,9 +7,7 @@ cross-validation; the decision threshold is the score quantile that passes `targ
 held-out in-distribution images, which neither the backbone nor the regression have seen.
 The artefact holds the backbone's weights too, so the service needs nothing else.
 
-Serving (`OODFilterStep`): one batched forward of the backbone (none when the backbone is the
-served victim itself: its features are already in the batch), then the configured action for
-flagged rows.
+Serving: `defense/defenses/ood_filter.py` (the registered `ood` defense).
 """
 
 from __future__ import annotations
@@ -29,10 +27,8 @@ from defense.features import (
     torchvision_backbone,
     victim_backbone,
 )
-from defense.perturbations import apply_action
 from shared.datasets import load_dataset
 from shared.errors import TestbedError
-from shared.pipeline import AnswerBatch
 
 FORMAT = "ood-filter/1"
 
@@ -247,27 +243,3 @@ def train_ood(
     }
     path = ood.save(out)
     return TrainReport(ood, path, heldout_tnr, heldout_tpr, time.perf_counter() - start)
-
-
-@dataclass
-class OODFilterStep:
-    """Pipeline step: score each row, flag those above the threshold, act on them.
-
-    `reuse_features` is set when the filter's backbone is the served victim (same weights):
-    then the batch's own penultimate features are scored and no extra forward pass is needed.
-    """
-
-    filter: OODFilter
-    action: str = "shuffle"
-    seed: int = 0
-    reuse_features: bool = False
-    name: str = "ood"
-
-    def __call__(self, batch: AnswerBatch) -> AnswerBatch:
-        if self.reuse_features:
-            scores = self.filter.score_features(batch.features)
-        else:
-            scores = self.filter.score_images(batch.inputs)
-        flagged = torch.from_numpy(self.filter.flag(scores))
-        batch = batch.replace(flags={**batch.flags, self.name: flagged})
-        return apply_action(batch, flagged, self.action, self.seed, self.name)

@@ -1,4 +1,4 @@
-"""Output perturbations: pure functions of a probability batch, and the Steps that apply them.
+"""What the defenses share: per-image randomness, renormalization, the argmax kept, actions.
 
 Every function works row by row (no row ever sees another), so a batch of N gives the same rows
 as N batches of one. Randomness is drawn per row from a generator seeded by (seed, salt, the
@@ -9,13 +9,16 @@ noise away by asking again, and the answer does not depend on which requests sha
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from shared.pipeline import AnswerBatch
 
 EPS = 1e-12
+
+Action = Literal["shuffle", "reject", "label"]
+"""What a detector does to a flagged row: shuffle its vector, refuse it, or give its label."""
 
 
 def row_uniforms(inputs: torch.Tensor, seed: int, salt: str, n: int) -> torch.Tensor:
@@ -63,28 +66,6 @@ def keep_argmax(original: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor
     return out
 
 
-def reverse_sigmoid(probs: torch.Tensor, beta: float, gamma: float = 1.0) -> torch.Tensor:
-    """Lee et al. (2019): y - beta * (sigmoid(gamma * logit(y)) - 1/2), clipped and renormalized.
-
-    The perturbation makes the outputs useless for fitting the victim's logits while a benign
-    client's top-1 answer is kept: the original argmax is enforced with `keep_argmax`, because
-    for beta > 1 (or large gamma) the raw formula can reorder the classes.
-    """
-    p = probs.double().clamp(EPS, 1 - EPS)
-    logit = torch.log(p) - torch.log1p(-p)
-    perturbed = renormalize(p - beta * (torch.sigmoid(gamma * logit) - 0.5))
-    return keep_argmax(probs, perturbed)
-
-
-def gaussian_noise(probs: torch.Tensor, std: float, uniforms: torch.Tensor) -> torch.Tensor:
-    """Add N(0, std) to each probability, clip, renormalize, keep the argmax.
-
-    `uniforms` (B, C) in (0, 1) become standard normals through the inverse normal CDF.
-    """
-    noise = torch.special.ndtri(uniforms.double())
-    return keep_argmax(probs, renormalize(probs.double() + std * noise))
-
-
 def shuffle(probs: torch.Tensor, mask: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """A random permutation of each masked row (Atli et al.'s answer to a detected query).
 
@@ -108,28 +89,3 @@ def apply_action(batch: AnswerBatch, flagged: torch.Tensor, action: str, seed: i
     if action == "label":
         return batch.replace(label_only=batch.mask("label_only") | flagged)
     raise ValueError(f"unknown action {action!r}; use shuffle, reject or label")
-
-
-@dataclass
-class ReverseSigmoidStep:
-    """Pipeline step: reverse-sigmoid perturbation of every row (deterministic)."""
-
-    beta: float
-    gamma: float = 1.0
-    name: str = "reverse_sigmoid"
-
-    def __call__(self, batch: AnswerBatch) -> AnswerBatch:
-        return batch.replace(probs=reverse_sigmoid(batch.probs, self.beta, self.gamma))
-
-
-@dataclass
-class GaussianNoiseStep:
-    """Pipeline step: Gaussian noise on every row, seeded per image (same image, same answer)."""
-
-    std: float
-    seed: int = 0
-    name: str = "noise"
-
-    def __call__(self, batch: AnswerBatch) -> AnswerBatch:
-        uniforms = row_uniforms(batch.inputs, self.seed, self.name, batch.probs.shape[1])
-        return batch.replace(probs=gaussian_noise(batch.probs, self.std, uniforms))

@@ -6,15 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from defense.perturbations import (
-    GaussianNoiseStep,
-    ReverseSigmoidStep,
-    apply_action,
-    keep_argmax,
-    reverse_sigmoid,
-    row_uniforms,
-    shuffle,
-)
+from defense.defenses.noise import GaussianNoiseStep
+from defense.defenses.reverse_sigmoid import ReverseSigmoidStep, reverse_sigmoid
+from defense.perturbations import apply_action, keep_argmax, row_uniforms, shuffle
 from shared.pipeline import AnswerBatch, Granularity
 
 

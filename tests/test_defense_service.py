@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from defense.ood import OODFilter, OODFilterStep, train_ood
-from defense.service_steps import build_steps
+from defense.defenses.ood_filter import OODFilterStep
+from defense.ood import OODFilter, train_ood
+from defense.registry import BuildContext, build_steps
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
@@ -142,7 +143,7 @@ def test_build_steps_order_feature_reuse_and_batch_correctness(victim_checkpoint
         victim_checkpoint, ood_detector=detector, prada_threshold=0.9,
         reverse_sigmoid_beta=0.5, noise_std=0.1,
     )  # fmt: skip
-    steps = build_steps(settings, model, card, torch.device("cpu"))
+    steps = build_steps(settings.defenses, BuildContext(model, card, torch.device("cpu")))
     assert [s.name for s in steps] == ["ood", "prada", "reverse_sigmoid", "noise"]
     assert steps[0].reuse_features  # built on this victim: no second forward pass
     batch = Blackbox(model, 32).answer(np.concatenate([natural[:6], digits[:6]]))

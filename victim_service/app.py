@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from defense.service_steps import build_steps
+from defense.registry import BuildContext, build_steps
 from shared.checkpoint import load_checkpoint
 from shared.device import resolve_device
 from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
@@ -45,7 +45,8 @@ def load_blackbox(settings: VictimSettings) -> Blackbox:
     device = resolve_device(settings.device)
     model, card = load_checkpoint(settings.checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
-    steps = build_steps(settings, model, card, device)
+    context = BuildContext(model, card, device, amp=settings.amp, seed=settings.seed)
+    steps = build_steps(settings.defenses, context)
     granularity = Granularity(settings.output, settings.top_k, settings.round_decimals)
     return Blackbox(model, card.input_size, steps, granularity, device, amp=settings.amp)
 

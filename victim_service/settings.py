@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from defense.registry import DefenseSettings, read_all, split_flat
+from shared.errors import TestbedError
 from shared.schemas import OutputMode
 
 
@@ -42,18 +44,33 @@ class VictimSettings(BaseSettings):
     batch_max_size: int = Field(128, ge=1)
     batch_max_wait_ms: float = Field(2.0, ge=0)
 
-    # defenses (see defense/)
-    ood_detector: Path | None = None
-    ood_action: Literal["shuffle", "reject", "label"] = "shuffle"
-    reverse_sigmoid_beta: float | None = Field(None, gt=0)
-    reverse_sigmoid_gamma: float = Field(1.0, gt=0)
-    noise_std: float | None = Field(None, gt=0)
-    prada_threshold: float | None = Field(None, gt=0, lt=1)
-    prada_min_queries: int = Field(20, ge=3)
-    prada_history: int = Field(2000, ge=10)
-    prada_action: Literal["shuffle", "reject", "label"] = "reject"
-    prada_max_clients: int = Field(1000, ge=1, description="clients PRADA tracks (LRU)")
+    # defenses: one entry per registered defense (defense/defenses/), each read from its own
+    # VICTIM_<NAME>_* variables (VICTIM_PRADA_THRESHOLD, VICTIM_REVERSE_SIGMOID_BETA, ...)
+    defenses: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict, exclude=True)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_defenses(cls, data: Any) -> Any:
+        """Each registered defense's settings: keyword arguments (`prada_threshold=0.9` or
+        `defenses={"prada": {...}}`) first, then its `VICTIM_<NAME>_*` variables."""
+        if not isinstance(data, dict):
+            return data
+        rest, nested = split_flat(data)
+        given = rest.pop("defenses", None) or {}
+        for name, value in given.items():
+            if isinstance(value, DefenseSettings):
+                value = value.model_dump(exclude_unset=True)
+            nested[name] = {**dict(value), **nested.get(name, {})}
+        try:
+            rest["defenses"] = read_all(nested)
+        except TestbedError as exc:
+            raise ValueError(str(exc)) from None
+        return rest
+
+    def defense(self, name: str) -> DefenseSettings:
+        """One defense's settings by its registered name."""
+        return self.defenses[name]
 
     @field_validator("api_keys", mode="before")
     @classmethod
