@@ -208,7 +208,7 @@ def default_configs(
     configs = [UtilityConfig("none")]
     everything: dict[str, dict[str, Any]] = {}
     for d in defenses():
-        for sweep in d.sweeps or ({},):
+        for sweep in d.settings.sweeps or ({},):
             values = {**sweep, **overrides.get(d.name, {})}
             if not d.enabled(d.read(values, env=False)):
                 continue  # e.g. the OOD filter without an artefact

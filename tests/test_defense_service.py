@@ -159,3 +159,31 @@ def test_build_steps_order_feature_reuse_and_batch_correctness(victim_checkpoint
         alone = computed(one)
         assert alone.flags["ood"][0] == whole.flags["ood"][i]
         assert torch.equal(alone.probs[0], whole.probs[i])
+
+
+def test_served_ood_scores_are_the_float32_scores_the_filter_was_fitted_on(
+    victim_checkpoint, detector, images
+):
+    """The service runs the victim under bf16 autocast where the CPU has it; the filter was
+    fitted on float32 features, and those are the features it must score."""
+    from shared.device import bf16_supported
+    from victim_service.app import load_blackbox
+
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 autocast: the service runs in float32 anyway")
+    digits, _, natural = images
+    blackbox = load_blackbox(
+        VictimSettings(checkpoint=victim_checkpoint, device="cpu", amp=True, ood_detector=detector)
+    )
+    step = blackbox.steps[0]
+    scored = []
+    original = step.filter.score_features
+    step.filter.score_features = lambda f: scored.append(original(f)) or scored[-1]
+    x = np.concatenate([natural[:16], digits[:16]])
+    batch = blackbox.answer(x)  # the step scores during the pipeline
+    served = scored[-1]
+    fitted = OODFilter.load(detector)  # float32 features, as in training
+    expected = fitted.score_images(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255)
+    assert np.allclose(served, expected, rtol=0, atol=1e-6)
+    # the bf16 features of the batch itself would have scored differently
+    assert np.abs(original(batch.features) - expected).max() > 1e-4
