@@ -22,6 +22,7 @@ and after how many queries the first refusal came.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -170,7 +171,7 @@ def main(
         "seed": seed,
         "streams": {},
     }
-    with service_process(env) as (url, _):
+    with service_process(env, ready_timeout=600) as (url, _):
         for name in wanted:
             t0 = time.perf_counter()
             if name == "benign_random":
@@ -209,6 +210,8 @@ def main(
             summary = summarize(out["refused"])
             results["streams"][name] = {**summary, **extra, "seconds": time.perf_counter() - t0}
             print(name, results["streams"][name], flush=True)
+            if json_out is not None:  # a partial result survives an interrupted run
+                json_out.write_text(json.dumps({**results, "partial": True}, indent=2) + "\n")
     results["seconds"] = time.perf_counter() - start
     write_json(json_out, results)
 

@@ -119,7 +119,7 @@ def test_every_defense_on_by_env_still_serves_benign_clients(victim_checkpoint, 
         "VICTIM_SEED": "3",
     }
     n = 240
-    with service_process(env) as (url, _):
+    with service_process(env, ready_timeout=300) as (url, _):
         correct = 0
         for s in range(0, n, 16):
             response = post(url, digits[s : s + 16], "benign-key")

@@ -68,9 +68,15 @@ def running_service(settings: VictimSettings, app=None) -> Iterator[str]:
 
 @contextmanager
 def service_process(
-    env: dict[str, str], port: int | None = None, log_level: str = "warning"
+    env: dict[str, str],
+    port: int | None = None,
+    log_level: str = "warning",
+    ready_timeout: float = 60.0,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`uvicorn victim_service.app:create_app --factory` as a child process, configured by env."""
+    """`uvicorn victim_service.app:create_app --factory` as a child process, configured by env.
+
+    `ready_timeout`: seconds to wait for /readyz (importing torch and loading the model can
+    take minutes on a machine whose cores are all busy)."""
     port = port or free_port()
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "uvicorn", "victim_service.app:create_app", "--factory",
@@ -78,7 +84,7 @@ def service_process(
     process = subprocess.Popen(cmd, cwd=ROOT, env=full_env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process=process)
+        wait_ready(url, timeout=ready_timeout, process=process)
         yield url, process
     finally:
         if process.poll() is None:
