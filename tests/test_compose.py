@@ -1,21 +1,26 @@
-"""Docker cannot run here: check the compose file and Dockerfile against the code instead."""
+"""Docker cannot run here: check the compose files and Dockerfile against the code instead."""
 
 from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 import typer
 import yaml
 
 from attacker.cli import app as attacker_app
-from tests.servers import ROOT
 from victim_service.cli import app as victim_app
 from victim_service.settings import VictimSettings
 
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+ROOT = Path(__file__).resolve().parents[1]
 RAW = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(RAW)  # safe_load: no `!reset`-style tags, which Compose v1 rejects
+GPU = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+HOSTNET_RAW = (ROOT / "docker-compose.hostnet.yml").read_text()
+HOSTNET = yaml.safe_load(HOSTNET_RAW)
+PORT = "${TESTBED_PORT:-8000}"
 
 
 def test_services_volumes_and_startup_order():
@@ -34,11 +39,46 @@ def test_victim_healthcheck_probes_readiness():
     assert "/readyz" in " ".join(check["test"]) and ":8000/" in " ".join(check["test"])
 
 
-def test_victim_reserves_a_gpu_and_picks_it_automatically():
-    victim = COMPOSE["services"]["victim"]
-    device = victim["deploy"]["resources"]["reservations"]["devices"][0]
+def test_cpu_by_default_and_the_gpu_through_its_override_file():
+    # `docker compose up` must work without a GPU: no device reservation in the main file
+    for name, service in COMPOSE["services"].items():
+        assert "deploy" not in service and "runtime" not in service, name
+    assert COMPOSE["services"]["victim"]["environment"]["VICTIM_DEVICE"] == "auto"
+    assert set(GPU["services"]) == {"victim"}
+    device = GPU["services"]["victim"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert victim["environment"]["VICTIM_DEVICE"] == "auto"
+    assert device["count"] == "all"
+    assert "docker-compose.gpu.yml" in RAW  # the main file says how
+
+
+def test_every_service_shares_one_image_built_from_the_project():
+    for name, service in COMPOSE["services"].items():
+        assert service["build"] == ".", name
+        assert service["image"] == "${TESTBED_IMAGE:-extraction-testbed:latest}", name
+
+
+def test_the_host_network_override_keeps_everything_on_loopback():
+    services = HOSTNET["services"]
+    assert set(services) == set(COMPOSE["services"])
+    assert all(s["network_mode"] == "host" for s in services.values())
+    victim = services["victim"]
+    command = victim["command"]
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == PORT
+    assert f"http://127.0.0.1:{PORT}/readyz" in " ".join(victim["healthcheck"]["test"])
+    assert services["attacker"]["environment"]["ATTACKER_URL"] == f"http://127.0.0.1:{PORT}"
+    # no other address anywhere in the override, comments included
+    addresses = re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", HOSTNET_RAW)
+    assert addresses and set(addresses) == {"127.0.0.1"}
+    assert "localhost" not in HOSTNET_RAW and "victim:8000" not in HOSTNET_RAW
+    # the port the main file publishes is the same knob
+    assert COMPOSE["services"]["victim"]["ports"] == [f"{PORT}:8000"]
+
+
+def test_the_attack_budget_can_be_lowered_from_outside():
+    environment = COMPOSE["services"]["attacker"]["environment"]
+    assert environment["ATTACKER_BUDGET"] == "${ATTACKER_BUDGET:-10000}"
+    assert environment["ATTACKER_URL"] == "http://victim:8000"
 
 
 def test_every_victim_variable_named_in_the_file_is_a_real_setting():
@@ -89,8 +129,39 @@ def test_the_attacker_job_and_trainer_use_real_cli_options():
         _parses(attacker_app, ["query", "--no-such-option"])
 
 
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+INSTRUCTIONS = [
+    line.strip() for line in DOCKERFILE.splitlines() if line.strip() and not line.startswith("#")
+]
+
+
 def test_dockerfile_installs_from_the_lock_file():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "uv sync --frozen" in dockerfile and "uv.lock" in dockerfile
-    assert "UV_PYTHON_DOWNLOADS=never" in dockerfile
-    assert "victim_service.app:create_app" in dockerfile
+    assert "uv sync --frozen --no-dev" in DOCKERFILE and "uv.lock" in DOCKERFILE
+    assert "UV_PYTHON_DOWNLOADS=never" in DOCKERFILE
+    assert "victim_service.app:create_app" in DOCKERFILE
+
+
+def test_dockerfile_base_image_is_an_argument():
+    assert INSTRUCTIONS[0] == "ARG BASE_IMAGE=python:3.11-slim"
+    assert [i for i in INSTRUCTIONS if i.startswith("FROM")] == ["FROM ${BASE_IMAGE}"]
+
+
+def test_dockerfile_copies_the_whole_project_after_the_dependencies():
+    copies = [i for i in INSTRUCTIONS if i.startswith("COPY")]
+    assert copies == ["COPY pyproject.toml uv.lock ./", "COPY . ."]
+    no_project = next(i for i, line in enumerate(INSTRUCTIONS) if "--no-install-project" in line)
+    assert no_project < INSTRUCTIONS.index("COPY . .")
+
+
+def test_dockerignore_keeps_local_state_out_and_every_package_in():
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".uv-bootstrap", "runs"} <= ignored
+    needed = {"pyproject.toml", "uv.lock", "README.md"}
+    needed |= {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert "victim_service" in needed
+    assert not needed & ignored
+    assert not any(pattern in {"*", "**", "*.py", "**/*.py"} for pattern in ignored)
