@@ -71,8 +71,17 @@ def test_the_host_network_override_keeps_everything_on_loopback():
     addresses = re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", HOSTNET_RAW)
     assert addresses and set(addresses) == {"127.0.0.1"}
     assert "localhost" not in HOSTNET_RAW and "victim:8000" not in HOSTNET_RAW
-    # the port the main file publishes is the same knob
-    assert COMPOSE["services"]["victim"]["ports"] == [f"{PORT}:8000"]
+    assert not any("ports" in s for s in services.values())
+
+
+def test_the_port_is_published_outside_the_main_file():
+    # Compose v1 refuses `ports` with host networking and cannot drop them in an override, so
+    # the main file publishes nothing: docker-compose.override.yml (read by a plain `up`) and
+    # the GPU override (named with -f, which skips the former) do, on the same knob.
+    assert not any("ports" in s for s in COMPOSE["services"].values())
+    default = yaml.safe_load((ROOT / "docker-compose.override.yml").read_text())
+    assert default["services"] == {"victim": {"ports": [f"{PORT}:8000"]}}
+    assert GPU["services"]["victim"]["ports"] == [f"{PORT}:8000"]
 
 
 def test_the_attack_budget_can_be_lowered_from_outside():
