@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint format bench venv clean
+.PHONY: demo test lint format bench venv clean compose-check
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -27,6 +27,11 @@ test: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
+
+# Not part of `make test`: builds the image and runs docker-compose.yml end to end on the host
+# network (loopback only); prints recovery=<x> seconds=<y>. Needs docker (root or the docker group).
+compose-check:
+	scripts/compose-check.sh
 
 format: venv
 	$(VENV)/bin/ruff format .

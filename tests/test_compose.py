@@ -1,7 +1,11 @@
-"""Docker cannot run here: check the compose files and Dockerfile against the code instead."""
+"""Docker cannot run here: check the compose files and Dockerfile against the code instead.
+
+`make compose-check` (scripts/compose-check.sh) is the end-to-end run, where docker works.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -114,6 +118,14 @@ def _commands(service: str) -> list[list[str]]:
     return [shlex.split(part) for part in re.split(r"&&|\|\|", text)]
 
 
+def test_shell_commands_are_one_line_each():
+    # a newline inside `sh -c "..."` ends the command: `--db` on its own line is "not found"
+    for name, service in COMPOSE["services"].items():
+        command = service.get("command")
+        if isinstance(command, str):
+            assert "\n" not in command.strip(), name
+
+
 def _parses(app: typer.Typer, argv: list[str]) -> None:
     """Let click parse the arguments exactly as the console script would, without running."""
     group = typer.main.get_command(app)
@@ -174,3 +186,16 @@ def test_dockerignore_keeps_local_state_out_and_every_package_in():
     assert "victim_service" in needed
     assert not needed & ignored
     assert not any(pattern in {"*", "**", "*.py", "**/*.py"} for pattern in ignored)
+
+
+def test_compose_check_is_a_make_target_outside_make_test():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^compose-check:.*\n\tscripts/compose-check\.sh$", makefile, re.M)
+    test_recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "compose" not in test_recipe
+    script = ROOT / "scripts" / "compose-check.sh"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "docker-compose.hostnet.yml" in text and "--network host" in text
+    assert "ATTACKER_BUDGET=${ATTACKER_BUDGET:-3000}" in text
+    assert "recovery=" in text and "seconds=" in text
