@@ -15,6 +15,7 @@ import typer
 import yaml
 
 from attacker.cli import app as attacker_app
+from defense.registry import defenses
 from victim_service.cli import app as victim_app
 from victim_service.settings import VictimSettings
 
@@ -95,7 +96,10 @@ def test_the_attack_budget_can_be_lowered_from_outside():
 
 
 def test_every_victim_variable_named_in_the_file_is_a_real_setting():
-    fields = {f"VICTIM_{name.upper()}" for name in VictimSettings.model_fields}
+    fields = {f"VICTIM_{name.upper()}" for name in VictimSettings.model_fields} - {
+        "VICTIM_DEFENSES"
+    }
+    fields |= {d.env_name(f) for d in defenses() for f in d.settings.model_fields}
     named = set(re.findall(r"\b(VICTIM_[A-Z_]+)\b", RAW))
     assert named and named <= fields, named - fields
     environment = COMPOSE["services"]["victim"]["environment"]
