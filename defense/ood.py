@@ -29,6 +29,7 @@ from defense.features import (
 )
 from shared.datasets import load_dataset
 from shared.errors import TestbedError
+from shared.safeload import load_weights_only
 
 FORMAT = "ood-filter/1"
 
@@ -87,21 +88,23 @@ class OODFilter:
             raise TestbedError(
                 f"OOD detector {path} does not exist; train one with `defense train-ood`"
             )
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise TestbedError(f"{path} is not a readable OOD detector: {exc}") from None
+        payload = load_weights_only(path, "OOD detector")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise TestbedError(f"{path} is not an OOD detector of this project ({FORMAT})")
-        return cls(
-            backbone=Backbone.from_dict(payload["backbone"], device),
-            mean=payload["mean"].numpy(),
-            scale=payload["scale"].numpy(),
-            coef=payload["coef"].numpy(),
-            intercept=float(payload["intercept"]),
-            threshold=float(payload["threshold"]),
-            meta=dict(payload["meta"]),
-        )
+        try:
+            return cls(
+                backbone=Backbone.from_dict(payload["backbone"], device),
+                mean=payload["mean"].numpy(),
+                scale=payload["scale"].numpy(),
+                coef=payload["coef"].numpy(),
+                intercept=float(payload["intercept"]),
+                threshold=float(payload["threshold"]),
+                meta=dict(payload["meta"]),
+            )
+        except TestbedError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise TestbedError(f"OOD detector {path} is incomplete or altered: {exc!r}") from None
 
 
 def fit_logistic(

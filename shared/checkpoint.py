@@ -10,6 +10,7 @@ import torch
 
 from shared.errors import TestbedError
 from shared.models import Classifier, create_model
+from shared.safeload import load_weights_only, one_line
 
 FORMAT_VERSION = 1
 
@@ -49,16 +50,17 @@ def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Classifier, ModelCard]:
     """Rebuild the model from its card and weights; eval mode, on `device`."""
-    path = Path(path)
-    if not path.exists():
-        raise TestbedError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TestbedError(f"{path} is not a readable checkpoint: {exc}") from None
+    payload = load_weights_only(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise TestbedError(f"{path} is not a checkpoint of this project (format {FORMAT_VERSION})")
-    card = ModelCard(**payload["card"])
-    model = create_model(card.arch, card.num_classes, mean=card.mean, std=card.std)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        card = ModelCard(**payload["card"])
+        model = create_model(card.arch, card.num_classes, mean=card.mean, std=card.std)
+        model.load_state_dict(payload["state_dict"])
+    except TestbedError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise TestbedError(
+            f"checkpoint {path} does not match its own model card: {one_line(exc)}"
+        ) from None
     return model.to(device).eval(), card

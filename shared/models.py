@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from shared.errors import TestbedError, UnknownNameError
+from shared.safeload import load_weights_only
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -222,7 +223,4 @@ def _load_fitting(module: nn.Module, state: object, message: str) -> None:
 
 
 def _load_state(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise TestbedError(f"weights file {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path, "weights file")

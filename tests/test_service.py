@@ -248,7 +248,8 @@ def test_api_keys_and_per_key_rate_limit(victim_checkpoint, digits_test):
             f"{url}/v1/predict", files=files, headers={"authorization": "Bearer beta"}
         )
         assert other.status_code == 200  # the limit is per key
-        text = httpx.get(f"{url}/metrics").text
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        text = httpx.get(f"{url}/metrics", headers={"x-api-key": "beta"}).text
     clients = re.findall(r'victim_client_images_total\{client="(key:[0-9a-f]{12})"\} 4.0', text)
     assert len(clients) == 2 and "alpha" not in text
 

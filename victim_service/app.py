@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,10 +29,11 @@ from shared.device import resolve_device
 from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
 from shared.pipeline import Blackbox, Granularity
 from shared.schemas import ErrorBody, ModelInfo, PredictJSONRequest, PredictResponse
+from victim_service.access import PUBLIC_PATHS, ApiKeyMiddleware
 from victim_service.answering import ReadImages, json_response
 from victim_service.batching import MicroBatcher
 from victim_service.errors import ApiError, install_error_handlers
-from victim_service.limits import BodySizeLimitMiddleware, RateLimiter, check_api_key, client_id
+from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
 from victim_service.metrics import ServiceMetrics
 from victim_service.settings import VictimSettings
 from victim_service.v2 import v2_router
@@ -64,36 +65,35 @@ def _run_batch(blackbox: Blackbox, metrics: ServiceMetrics):
 
 
 def authenticate(request: Request) -> str:
-    """The client's accounting id, after checking its API key when keys are configured."""
-    settings: VictimSettings = request.app.state.settings
-    key = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if key is None and auth.lower().startswith("bearer "):
-        key = auth[7:].strip()
-    check_api_key(key, settings.api_keys)
-    return client_id(key if settings.api_keys else None, request.client and request.client.host)
+    """The client's accounting id, fixed by `ApiKeyMiddleware` after it checked the key."""
+    return request.state.client
 
 
 Client = Annotated[str, Depends(authenticate)]
 
 
-def create_app(settings: VictimSettings | None = None) -> FastAPI:
+def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None = None) -> FastAPI:
+    """The app; `blackbox` when the caller loaded it already (the CLI does, to fail cleanly)."""
     settings = settings or VictimSettings()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.metrics_max_clients)
     limiter = (
-        RateLimiter(settings.rate_limit, settings.rate_burst or settings.max_images)
+        RateLimiter(
+            settings.rate_limit,
+            settings.rate_burst or settings.max_images,
+            settings.rate_max_clients,
+        )
         if settings.rate_limit
         else None
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        blackbox = await asyncio.to_thread(load_blackbox, settings)
+        loaded = blackbox or await asyncio.to_thread(load_blackbox, settings)
         batcher = MicroBatcher(
-            _run_batch(blackbox, metrics), settings.batch_max_size, settings.batch_max_wait_ms
+            _run_batch(loaded, metrics), settings.batch_max_size, settings.batch_max_wait_ms
         )
         await batcher.start()
-        app.state.blackbox, app.state.batcher = blackbox, batcher
+        app.state.blackbox, app.state.batcher = loaded, batcher
         app.state.ready = True
         yield
         app.state.ready = False
@@ -107,12 +107,16 @@ def create_app(settings: VictimSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
-    install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
+    app.state.limiter = limiter
+    count_error = lambda kind: metrics.errors.labels(kind=kind).inc()  # noqa: E731
+    install_error_handlers(app, count_error)
     app.add_middleware(
-        BodySizeLimitMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        on_refuse=lambda kind: metrics.errors.labels(kind=kind).inc(),
+        BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, on_refuse=count_error
     )
+    # added last, so outermost: a request without a valid key is refused before anything else
+    app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, on_refuse=count_error)
+    if settings.api_keys:
+        _document_security(app)
 
     @app.post(
         "/v1/predict",
@@ -209,10 +213,39 @@ def create_app(settings: VictimSettings | None = None) -> FastAPI:
         return {"status": "ready"}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(_: Client) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _document_security(app: FastAPI) -> None:
+    """Say in the OpenAPI document what the middleware enforces: a key on every non-public path."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            }
+            unauthorized = {
+                "description": "Missing or invalid API key",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            }
+            for path, operations in schema["paths"].items():
+                if path in PUBLIC_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}]
+                    operation.setdefault("responses", {}).setdefault("401", unauthorized)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def read_payloads(request: Request, settings: VictimSettings) -> list[bytes]:

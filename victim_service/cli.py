@@ -80,7 +80,7 @@ def serve(
     import uvicorn
 
     from shared.errors import TestbedError
-    from victim_service.app import create_app
+    from victim_service.app import create_app, load_blackbox
     from victim_service.settings import VictimSettings
 
     if not checkpoint.exists():
@@ -90,8 +90,9 @@ def serve(
     overrides = {"checkpoint": checkpoint, "output": output, "top_k": top_k,
                  "round_decimals": round_decimals, "device": device}  # fmt: skip
     settings = VictimSettings(**{k: v for k, v in overrides.items() if v is not None})
+    blackbox = load_blackbox(settings)  # a refused checkpoint or OOD file: one line, exit 2
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings, blackbox), host=host, port=port, log_level=log_level)
 
 
 if __name__ == "__main__":

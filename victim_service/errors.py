@@ -7,10 +7,13 @@ Triton's, KServe's and MLServer's clients read the message: `{"error": "<message
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 
 class ApiError(Exception):
@@ -43,6 +46,21 @@ def error_response(
     else:
         body = {"error": {"kind": kind, "message": message, "position": position}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    """The error body from a pure ASGI middleware, before the body was read (so: close)."""
+    body = json.dumps(
+        {"error": {"kind": error.kind, "message": error.message, "position": error.position}}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI, on_error) -> None:

@@ -72,8 +72,10 @@ def service_process(
     port: int | None = None,
     log_level: str = "warning",
     ready_timeout: float = 60.0,
+    log_file: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`uvicorn victim_service.app:create_app --factory` as a child process, configured by env.
+    """`uvicorn victim_service.app:create_app --factory` as a child process, configured by env;
+    its stdout and stderr go to `log_file` when given.
 
     `ready_timeout`: seconds to wait for /readyz (importing torch and loading the model can
     take minutes on a machine whose cores are all busy)."""
@@ -81,7 +83,8 @@ def service_process(
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "uvicorn", "victim_service.app:create_app", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]  # fmt: skip
-    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env)
+    log = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115
+    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=ready_timeout, process=process)
@@ -93,3 +96,5 @@ def service_process(
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if log is not None:
+            log.close()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import secrets
 import threading
 import time
+from collections import OrderedDict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from victim_service.errors import ApiError
+from victim_service.errors import ApiError, send_error
 
 
 class BodyTooLargeError(ApiError):
@@ -32,7 +30,7 @@ class BodySizeLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self.on_refuse("body_too_large")
-            await _send_json(send, 413, BodyTooLargeError(self.limit))
+            await send_error(send, BodyTooLargeError(self.limit))
             return
         received = 0
 
@@ -48,61 +46,43 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_json(send: Send, status: int, error: ApiError) -> None:
-    body = json.dumps(
-        {"error": {"kind": error.kind, "message": error.message, "position": None}}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def client_id(api_key: str | None, address: str | None) -> str:
-    """The accounting key: a short hash of the API key, else the client address."""
-    if api_key:
-        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
-    return f"addr:{address or 'unknown'}"
-
-
-def check_api_key(given: str | None, allowed: list[str]) -> None:
-    if not allowed:
-        return
-    if not given:
-        raise ApiError(401, "missing_api_key", "an API key is required (header X-API-Key)")
-    if not any(secrets.compare_digest(given.encode(), k.encode()) for k in allowed):
-        raise ApiError(401, "invalid_api_key", "the API key is not valid")
-
-
 class RateLimiter:
-    """A token bucket per client, counted in images: `rate` per second, `burst` at most."""
+    """A token bucket per client, counted in images: `rate` per second, `burst` at most.
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
+    Bounded in the number of clients (a flood of addresses or keys is a cheap memory attack):
+    buckets live in last-use order; one idle long enough to have refilled is forgotten for free
+    (a new client starts full anyway), and past `max_clients` the least recently used is evicted
+    (`evicted` counts those: that client then starts again with a full bucket).
+    """
+
+    def __init__(self, rate: float, burst: int, max_clients: int = 10_000) -> None:
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self.refill_s = burst / rate
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, client: str, cost: int) -> None:
         """Spend `cost` tokens or raise 429 with the seconds until they are there."""
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(client, (float(self.burst), now))
+            while self._buckets and now - next(iter(self._buckets.values()))[1] >= self.refill_s:
+                self._buckets.popitem(last=False)
+            tokens, last = self._buckets.pop(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens < cost:
-                self._buckets[client] = (tokens, now)
-                wait = math.ceil((cost - tokens) / self.rate)
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"rate limit of {self.rate:g} images/s exceeded; retry in {wait} s",
-                    headers={"Retry-After": str(wait)},
-                )
-            self._buckets[client] = (tokens - cost, now)
+            spent = tokens >= cost
+            self._buckets[client] = (tokens - cost if spent else tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+                self.evicted += 1
+        if not spent:
+            wait = math.ceil((cost - tokens) / self.rate)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit of {self.rate:g} images/s exceeded; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections import Counter as Tally
+import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+OTHER_CLIENTS = "other"
 
 
 class ServiceMetrics:
-    def __init__(self) -> None:
+    """The service's counters. The per-client label is bounded: the first `max_client_labels`
+    clients get their own series, every later one counts under `client="other"`, so a flood of
+    addresses or keys cannot grow the registry (a metrics-cardinality attack). Per-client state
+    that defenses need lives with them (the rate limiter's buckets, PRADA's LRU), bounded too.
+    """
+
+    def __init__(self, max_client_labels: int = 100) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "victim_requests", "Prediction requests answered", ["status"], registry=self.registry
@@ -24,7 +32,10 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.client_images = Counter(
-            "victim_client_images", "Images answered per client", ["client"], registry=self.registry
+            "victim_client_images",
+            f"Images answered per client (the first {max_client_labels}; the rest as 'other')",
+            ["client"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "victim_request_latency_seconds",
@@ -32,9 +43,16 @@ class ServiceMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
-        self.per_client: Tally[str] = Tally()
-        """Images per client (API-key hash or address): the key stateful defenses use."""
+        self.max_client_labels = max_client_labels
+        self._labelled: set[str] = set()
+        self._lock = threading.Lock()
 
     def count_client(self, client: str, images: int) -> None:
-        self.per_client[client] += images
-        self.client_images.labels(client=client).inc(images)
+        with self._lock:
+            if client not in self._labelled and len(self._labelled) < self.max_client_labels:
+                self._labelled.add(client)
+            label = client if client in self._labelled else OTHER_CLIENTS
+        self.client_images.labels(client=label).inc(images)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -39,6 +39,8 @@ class VictimSettings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit: float | None = Field(None, gt=0, description="images per second per client")
     rate_burst: int | None = Field(None, ge=1, description="bucket size in images")
+    rate_max_clients: int = Field(10_000, ge=1, description="rate-limit buckets kept (LRU)")
+    metrics_max_clients: int = Field(100, ge=0, description="clients labelled in /metrics")
 
     # micro-batching across concurrent requests
     batch_max_size: int = Field(128, ge=1)
