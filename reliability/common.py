@@ -17,6 +17,7 @@ class CheckResult:
     figures: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    details: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -36,8 +37,8 @@ class CheckResult:
         return text + "".join(f"\n     - {f}" for f in self.failures[:5])
 
     def to_json(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "figures": self.figures,
-                "failures": self.failures, "seconds": self.seconds}  # fmt: skip
+        return {"name": self.name, "ok": self.ok, "figures": self.figures, "seconds": self.seconds,
+                "failures": self.failures, "details": self.details}  # fmt: skip
 
 
 def _fmt(value: object) -> str:

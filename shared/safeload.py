@@ -23,17 +23,15 @@ def load_weights_only(path: str | Path, what: str) -> Any:
         raise TestbedError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        blocked = next(
-            (line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "a Python object"
-        )
-        raise TestbedError(
-            f"refused to load {what} {path}: it holds pickled code or objects, not just tensors "
-            f"and plain data ({blocked}); only weights_only files are accepted"
-        ) from None
     except Exception as exc:
+        lines = str(exc).splitlines() if isinstance(exc, pickle.UnpicklingError) else []
+        if blocked := next((line.strip() for line in lines if "GLOBAL" in line), None):
+            raise TestbedError(
+                f"refused to load {what} {path}: it holds pickled code or objects, not just "
+                f"tensors and plain data ({blocked}); only weights_only files are accepted"
+            ) from None
         raise TestbedError(
-            f"{what} {path} is not readable (corrupt or truncated): {one_line(exc)}"
+            f"{path} is not a readable {what} (corrupt or truncated): {one_line(exc)}"
         ) from None
 
 

@@ -39,6 +39,7 @@ from victim_service.settings import VictimSettings
 from victim_service.v2 import v2_router
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
 
 
 def load_blackbox(settings: VictimSettings) -> Blackbox:
@@ -123,26 +124,7 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
         response_class=Response,
         response_model=PredictResponse,
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 429)},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "images": {
-                                    "type": "array",
-                                    "items": {"type": "string", "format": "binary"},
-                                }
-                            },
-                            "required": ["images"],
-                        }
-                    },
-                    "application/json": {"schema": PredictJSONRequest.model_json_schema()},
-                },
-            }
-        },
+        openapi_extra={"requestBody": predict_request_body(settings)},
         summary="Classify one or many images",
     )
     async def predict(request: Request, client: Client) -> Response:
@@ -217,6 +199,58 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def predict_request_body(settings: VictimSettings) -> dict:
+    """What /v1/predict accepts, with its limits: 1 to `max_images` non-empty image files.
+
+    A schema cannot say that the bytes decode to an image: such a body gets 400 (not an image)
+    or 413 (over the pixel or body limit), both documented.
+    """
+    count = {"minItems": 1, "maxItems": settings.max_images}
+    image_types = "image/png, image/jpeg, image/*, application/octet-stream"
+    base64_chars = (settings.max_body_bytes + 2) // 3 * 4
+    return {
+        "required": True,
+        "description": f"At most {settings.max_body_bytes} bytes in all; images of at most "
+        f"{settings.max_pixels} pixels each.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary", "minLength": 1},
+                            **count,
+                        }
+                    },
+                    "required": ["images"],
+                },
+                "encoding": {"images": {"contentType": image_types}},
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "description": "base64-encoded image files (PNG, JPEG, ...)",
+                            "items": {
+                                "type": "string",
+                                "contentEncoding": "base64",
+                                "pattern": BASE64_PATTERN,
+                                "minLength": 4,
+                                "maxLength": base64_chars,
+                            },
+                            **count,
+                        }
+                    },
+                    "required": ["images"],
+                }
+            },
+        },
+    }
 
 
 def _document_security(app: FastAPI) -> None:

@@ -1,0 +1,61 @@
+"""Fuzzing at a small scale (`make reliability` runs the same checks at full scale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import throwaway_victim
+from reliability.fuzz import check_hostile_images, check_schemathesis
+from shared.imaging import ImageError, decode_image
+from tests.servers import running_service
+from victim_service.app import create_app
+from victim_service.settings import VictimSettings
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return throwaway_victim(tmp_path_factory.mktemp("victim") / "v.pt", arch="cnn5")
+
+
+@pytest.fixture(scope="module")
+def service(victim: Path):
+    with running_service(VictimSettings(checkpoint=victim, device="cpu", max_images=8)) as url:
+        yield url
+
+
+def test_the_document_states_the_limits_the_service_enforces(victim):
+    app = create_app(VictimSettings(checkpoint=victim, max_images=8))
+    body = app.openapi()["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    multipart = body["multipart/form-data"]["schema"]["properties"]["images"]
+    as_json = body["application/json"]["schema"]["properties"]["images"]
+    for images in (multipart, as_json):
+        assert (images["minItems"], images["maxItems"]) == (1, 8)
+        assert images["items"]["minLength"] >= 1
+
+
+def test_schemathesis_finds_nothing_with_and_without_keys(service, victim):
+    result = check_schemathesis(service, examples=10)
+    assert result.ok, result.failures
+    assert result.figures["operations"] == 5 and result.figures["cases"] >= 20
+    settings = VictimSettings(checkpoint=victim, device="cpu", api_keys=["k-123456"])
+    with running_service(settings) as url:
+        keyed = check_schemathesis(url, examples=5, api_key="k-123456")
+    assert keyed.ok, keyed.failures
+
+
+def test_hostile_images_get_answers_or_clean_refusals(service, victim):
+    result = check_hostile_images(service, victim, cases=150)
+    assert result.ok, result.failures
+    assert result.figures["5xx"] == 0 and result.figures["good_after"]
+    assert result.figures["ok_200"] > 0 and result.figures["refused_4xx"] > 0
+
+
+def test_formats_outside_the_list_are_not_parsed():
+    """EPS went to Ghostscript (PostScript from strangers); now only the listed formats open."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    for payload in (eps, b"8BPS\x00\x01" + bytes(40)):
+        with pytest.raises(ImageError) as info:
+            decode_image(payload)
+        assert info.value.kind == "not_an_image"
