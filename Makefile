@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint format bench venv clean compose-check
+.PHONY: demo test lint format bench venv clean compose-check reliability
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -32,6 +32,10 @@ test: venv
 # network (loopback only); prints recovery=<x> seconds=<y>. Needs docker (root or the docker group).
 compose-check:
 	scripts/compose-check.sh
+
+# Fuzzing, load, many clients, faults and access (issue 12): longer than `make test`, not in it.
+reliability: venv
+	$(VENV)/bin/python -m reliability $(ARGS)
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
@@ -492,8 +492,18 @@ async def _query_loop(
 
 
 def run_query(config: QueryConfig) -> QueryResult:
-    """Synchronous entry point (the CLI and the demo): `asyncio.run(query_async(config))`."""
-    return asyncio.run(query_async(config))
+    """Synchronous entry point (the CLI and the demo): `asyncio.run(query_async(config))`.
+
+    A transfer set that cannot be written (disk full, read-only) stops the run with one line:
+    answers go in whole transactions, so what is stored is complete and a rerun resumes it.
+    """
+    try:
+        return asyncio.run(query_async(config))
+    except OperationalError as exc:
+        raise TestbedError(
+            f"cannot write the transfer set {config.db}: {exc.orig}; the answers stored so far "
+            "are complete, rerun the same command once it is writable"
+        ) from None
 
 
 def run_summary(result: QueryResult) -> str:

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from defense.registry import BuildContext, build_steps
 from shared.checkpoint import load_checkpoint
@@ -109,6 +110,12 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
     )
     app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
     app.state.limiter = limiter
+    if limiter is not None:
+        metrics.track_clients(
+            "victim_rate_limit_clients",
+            "Clients with a rate-limit bucket (bounded)",
+            limiter.__len__,
+        )
     count_error = lambda kind: metrics.errors.labels(kind=kind).inc()  # noqa: E731
     install_error_handlers(app, count_error)
     app.add_middleware(
@@ -285,11 +292,18 @@ def _document_security(app: FastAPI) -> None:
 async def read_payloads(request: Request, settings: VictimSettings) -> list[bytes]:
     """The raw image files of a request, multipart or JSON; refusals name the image's position."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        payloads = await _read_multipart(request, settings)
-    elif content_type == "application/json":
-        payloads = await _read_json(request)
-    else:
+    try:
+        if content_type == "multipart/form-data":
+            payloads = await _read_multipart(request, settings)
+        elif content_type == "application/json":
+            payloads = await _read_json(request)
+        else:
+            payloads = None
+    except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log as a crash
+        raise ApiError(
+            400, "client_disconnected", "the client left before sending its body"
+        ) from None
+    if payloads is None:
         raise ApiError(
             415,
             "unsupported_media_type",

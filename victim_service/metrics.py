@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 OTHER_CLIENTS = "other"
 
@@ -46,6 +46,10 @@ class ServiceMetrics:
         self.max_client_labels = max_client_labels
         self._labelled: set[str] = set()
         self._lock = threading.Lock()
+
+    def track_clients(self, name: str, what: str, count) -> None:
+        """A gauge read at scrape time: how many clients a bounded structure holds now."""
+        Gauge(name, what, registry=self.registry).set_function(count)
 
     def count_client(self, client: str, images: int) -> None:
         with self._lock:

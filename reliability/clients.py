@@ -1,0 +1,104 @@
+"""Many clients (issue 12, part 3): 100,000 distinct client addresses, memory stays bounded.
+
+Each client is a real TCP connection from its own loopback source address (127.1.0.0 upward;
+Linux routes all of 127.0.0.0/8 to lo), so the service sees 100,000 distinct peers exactly as it
+would on the internet, through the rate limiter, PRADA and the per-client metric. The figures:
+the service's resident memory before and after, its rate-limit buckets and metric series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import time
+from pathlib import Path
+
+import httpx
+
+from attacker.client import multipart_body
+from reliability.common import CheckResult, rss_mib, sample_png
+from reliability.faults import service_process
+
+FIRST = int(ipaddress.IPv4Address("127.1.0.0"))
+
+
+def address(i: int) -> str:
+    return str(ipaddress.IPv4Address(FIRST + i))
+
+
+async def _one(host: str, port: int, source: str, body: bytes, content_type: str) -> int:
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    try:
+        head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+        writer.write(head.encode() + body)
+        status = await reader.readuntil(b"\r\n")
+        await reader.read()
+        return int(status.split()[1])
+    finally:
+        writer.close()
+
+
+async def _clients(url: str, start: int, count: int, concurrency: int) -> dict[int, int]:
+    port = int(url.rsplit(":", 1)[1])
+    _, png = sample_png()
+    body, content_type = multipart_body([png])
+    statuses: dict[int, int] = {}
+    queue = iter(range(start, start + count))
+
+    async def worker() -> None:
+        for i in queue:
+            try:
+                code = await _one("127.0.0.1", port, address(i), body, content_type)
+            except OSError:
+                code = -1
+            statuses[code] = statuses.get(code, 0) + 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+def _series(metrics: str) -> int:
+    return len(re.findall(r"^victim_client_images_total\{", metrics, re.MULTILINE))
+
+
+def _gauge(metrics: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def check_many_clients(
+    checkpoint: Path, clients: int = 100_000, concurrency: int = 64
+) -> CheckResult:
+    result = CheckResult("many-clients")
+    max_buckets, max_labels = 10_000, 100
+    env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": "cpu",
+           "VICTIM_RATE_LIMIT": "50", "VICTIM_RATE_MAX_CLIENTS": str(max_buckets),
+           "VICTIM_METRICS_MAX_CLIENTS": str(max_labels), "VICTIM_PRADA_THRESHOLD": "0.9",
+           "VICTIM_PRADA_ACTION": "shuffle"}  # fmt: skip
+    statuses: dict[int, int] = {}
+    started = time.monotonic()
+    with service_process(env) as (url, process):
+        warm = min(max_buckets * 2, clients // 5)
+        for code, n in asyncio.run(_clients(url, 0, warm, concurrency)).items():
+            statuses[code] = statuses.get(code, 0) + n
+        rss_warm = rss_mib(process.pid)  # every structure at its bound already
+        for code, n in asyncio.run(_clients(url, warm, clients - warm, concurrency)).items():
+            statuses[code] = statuses.get(code, 0) + n
+        rss_end = rss_mib(process.pid)
+        metrics = httpx.get(f"{url}/metrics").text
+    buckets = _gauge(metrics, "victim_rate_limit_clients")
+    series = _series(metrics)
+    answered = statuses.get(200, 0)
+    result.expect(answered == clients, f"{clients - answered} clients not answered: {statuses}")
+    result.expect(buckets <= max_buckets, f"{buckets:.0f} rate-limit buckets kept")
+    result.expect(series <= max_labels + 1, f"{series} per-client metric series")
+    growth = rss_end - rss_warm
+    result.expect(growth < 64, f"resident memory grew {growth:.0f} MiB after the bounds filled")
+    result.figures = {
+        "clients": clients, "answered": answered, "buckets": int(buckets),
+        "metric_series": series, "rss_after_warm_mib": round(rss_warm),
+        "rss_end_mib": round(rss_end), "seconds": round(time.monotonic() - started),
+    }  # fmt: skip
+    return result
