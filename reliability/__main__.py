@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 def _checks(victim: Path, work: Path, quick: bool) -> dict[str, Callable[[], CheckResult]]:
     from reliability import access, clients, faults, fuzz, load
-    from reliability.faults import service_process
+    from reliability.common import service_process
 
     def schemathesis_check() -> CheckResult:
         with service_process({"VICTIM_CHECKPOINT": str(victim), "VICTIM_DEVICE": "cpu"}) as (u, _):

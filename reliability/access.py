@@ -20,11 +20,11 @@ import torch
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
-from reliability.common import CheckResult, sample_png
+from reliability.common import CheckResult, sample_png, service_process
 from shared.errors import TestbedError
 from victim_service.access import PUBLIC_PATHS
 from victim_service.app import create_app
-from victim_service.launch import ROOT, service_process
+from victim_service.launch import ROOT
 from victim_service.settings import VictimSettings
 
 

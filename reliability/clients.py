@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 
 from attacker.client import multipart_body
-from reliability.common import CheckResult, rss_mib, sample_png
-from reliability.faults import service_process
+from reliability.common import CheckResult, rss_mib, sample_png, service_process
 
 FIRST = int(ipaddress.IPv4Address("127.1.0.0"))
 

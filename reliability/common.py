@@ -49,6 +49,13 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def service_process(env: dict[str, str], **options):
+    """The service as a child process, given time to start on a busy machine."""
+    from victim_service.launch import service_process as launch
+
+    return launch(env, ready_timeout=300, **options)
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process (Linux /proc), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -16,8 +16,7 @@ import httpx
 
 from benchmarks.common import sample_payloads
 from benchmarks.loadgen import generate_load
-from reliability.common import CheckResult, rss_mib
-from reliability.faults import service_process
+from reliability.common import CheckResult, rss_mib, service_process
 
 
 def train_small_ood(checkpoint: Path, out: Path) -> Path:

@@ -11,7 +11,8 @@ import pytest
 
 from benchmarks.common import throwaway_victim
 from reliability.clients import check_many_clients
-from reliability.faults import check_graceful_shutdown, check_storage_faults, service_process
+from reliability.common import service_process
+from reliability.faults import check_graceful_shutdown, check_storage_faults
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def test_many_keys_through_the_service_keep_state_bounded(tmp_path):
     keys = [f"key-{i:04d}" for i in range(200)]
     settings = VictimSettings(
         checkpoint=throwaway_victim(tmp_path / "v.pt", arch="cnn5"), api_keys=",".join(keys),
-        rate_limit=100, rate_max_clients=50, metrics_max_clients=5, amp=False,
+        rate_limit=0.01, rate_max_clients=50, metrics_max_clients=5, amp=False,
     )  # fmt: skip
     app = create_app(settings)
     png = encode_image(np.zeros((32, 32, 3), dtype=np.uint8))
