@@ -68,10 +68,13 @@ def _gauge(metrics: str, name: str) -> float:
 
 
 def check_many_clients(
-    checkpoint: Path, clients: int = 100_000, concurrency: int = 64
+    checkpoint: Path,
+    clients: int = 100_000,
+    concurrency: int = 64,
+    max_buckets: int = 10_000,
+    max_labels: int = 100,
 ) -> CheckResult:
     result = CheckResult("many-clients")
-    max_buckets, max_labels = 10_000, 100
     env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": "cpu",
            "VICTIM_RATE_LIMIT": "50", "VICTIM_RATE_MAX_CLIENTS": str(max_buckets),
            "VICTIM_METRICS_MAX_CLIENTS": str(max_labels), "VICTIM_PRADA_THRESHOLD": "0.9",

@@ -136,7 +136,8 @@ def check_graceful_shutdown(checkpoint: Path, in_flight: int = 64) -> CheckResul
         exit_code = process.returncode
     answered = codes.count(200)
     result.expect(answered == in_flight, f"{in_flight - answered} in-flight requests lost: {codes}")
-    result.expect(exit_code == 0, f"the service exited with {exit_code} on SIGTERM")
+    # uvicorn re-raises the signal it handled once it has shut down: -SIGTERM is a clean exit
+    result.expect(exit_code in (0, -signal.SIGTERM), f"the service exited with {exit_code}")
     result.figures = {"in_flight": in_flight, "answered": answered, "shutdown_s": round(stopped, 2)}
     return result
 
