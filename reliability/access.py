@@ -56,8 +56,10 @@ def _probe_route(
         if path in PUBLIC_PATHS:
             result.expect(r.status_code < 400, f"{method} {path} is public, got {r.status_code}")
         else:
+            body = r.json()
+            kind = body["error"]["kind"] if isinstance(body["error"], dict) else body["kind"]
             result.expect(
-                r.status_code == 401 and r.json()["error"]["kind"].endswith("api_key"),
+                r.status_code == 401 and kind.endswith("api_key"),
                 f"{method} {path} with {label}: {r.status_code}, not 401",
             )
     r = client.request(method, path, headers={"x-api-key": key})

@@ -65,7 +65,7 @@ class ApiKeyMiddleware:
             except ApiError as exc:
                 self.on_refuse(exc.kind)
                 exc.headers = {"WWW-Authenticate": 'Bearer, ApiKey header="X-API-Key"'}
-                await send_error(send, exc)
+                await send_error(send, exc, scope["path"])
                 return
         address = scope["client"][0] if scope.get("client") else None
         scope.setdefault("state", {})["client"] = client_id(key, address)

@@ -41,18 +41,20 @@ def error_response(
     headers=None,
     path: str = "",
 ) -> JSONResponse:
-    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
-        body: dict = {"error": message, "kind": kind, "position": position}
-    else:
-        body = {"error": {"kind": kind, "message": message, "position": position}}
+    body = error_body(kind, message, position, path)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def send_error(send: Send, error: ApiError) -> None:
+def error_body(kind: str, message: str, position: int | None, path: str) -> dict:
+    """The one shape, or the Open Inference Protocol's under /v2."""
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return {"error": message, "kind": kind, "position": position}
+    return {"error": {"kind": kind, "message": message, "position": position}}
+
+
+async def send_error(send: Send, error: ApiError, path: str = "") -> None:
     """The error body from a pure ASGI middleware, before the body was read (so: close)."""
-    body = json.dumps(
-        {"error": {"kind": error.kind, "message": error.message, "position": error.position}}
-    ).encode()
+    body = json.dumps(error_body(error.kind, error.message, error.position, path)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

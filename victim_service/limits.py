@@ -30,7 +30,7 @@ class BodySizeLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self.on_refuse("body_too_large")
-            await send_error(send, BodyTooLargeError(self.limit))
+            await send_error(send, BodyTooLargeError(self.limit), scope["path"])
             return
         received = 0
 
