@@ -196,7 +196,8 @@ def test_keys_rate_limits_and_metrics_are_shared_with_v1(victim_checkpoint, pixe
             client.infer("victim", [_uint8_input(pixels[:1])], headers=dict(key))
         assert limited.value.status() == "429"
         assert _v1(url, pixels[:1], dict(key)).status_code == 429  # one bucket for both
-        metrics = httpx.get(f"{url}/metrics").text
+        assert httpx.get(f"{url}/metrics").status_code == 401  # keys on: /metrics too
+        metrics = httpx.get(f"{url}/metrics", headers=dict(key)).text
         assert "victim_images_total 8.0" in metrics
 
 
