@@ -49,6 +49,9 @@ def test_sigterm_answers_every_request_in_flight(victim):
 
 
 def test_thousands_of_addresses_keep_the_service_bounded(victim):
-    result = check_many_clients(victim, clients=3_000, max_buckets=500, max_labels=20)
+    # too few clients for a memory figure: the bounds themselves are what this test checks
+    result = check_many_clients(
+        victim, clients=3_000, max_buckets=500, max_labels=20, max_growth_mib=None
+    )
     assert result.ok, result.failures
     assert result.figures["buckets"] == 500 and result.figures["metric_series"] == 21

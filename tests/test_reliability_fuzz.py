@@ -38,7 +38,7 @@ def test_the_document_states_the_limits_the_service_enforces(victim):
 def test_schemathesis_finds_nothing_with_and_without_keys(service, victim):
     result = check_schemathesis(service, examples=10)
     assert result.ok, result.failures
-    assert result.figures["operations"] == 5 and result.figures["cases"] >= 20
+    assert result.figures["operations"] >= 5 and result.figures["cases"] >= 20
     settings = VictimSettings(checkpoint=victim, device="cpu", api_keys=["k-123456"])
     with running_service(settings) as url:
         keyed = check_schemathesis(url, examples=5, api_key="k-123456")
