@@ -376,6 +376,6 @@ def labels_via_api(
                 for s in range(0, len(images), size)
             ]
             answers = await asyncio.gather(*(client.predict(b) for b in batches))
-        return [answer_label(a) for batch in answers for a in batch]
+        return [answer_label(a, info.num_outputs) for batch in answers for a in batch]
 
     return asyncio.run(ask())

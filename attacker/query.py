@@ -33,7 +33,7 @@ from attacker.strategies import STRATEGIES, AdaptiveConfig, Strategy, make_strat
 from shared.datasets import ImageDataset, load_dataset
 from shared.errors import TestbedError
 from shared.imaging import encode_image
-from shared.schemas import ModelInfo, answer_label
+from shared.schemas import AnswerError, ModelInfo, parse_answer
 
 IMAGE_FORMAT = "png"
 """Lossless and deterministic: the same image always gives the same bytes and sha256."""
@@ -394,9 +394,9 @@ async def _query_loop(
         rows = []
         for position, index, digest, answer in zip(missing, indices, hashes, answers, strict=True):
             try:
-                label = answer_label(answer)
-            except (KeyError, TypeError, ValueError, IndexError):
-                raise FatalAPIError(f"the API answered {answer!r}, not a prediction") from None
+                label = parse_answer(answer, run.num_outputs).label
+            except AnswerError as exc:
+                raise FatalAPIError(f"the API answered {answer!r}: {exc}") from None
             rows.append(
                 dict(
                     run_id=run.id,

@@ -20,7 +20,6 @@ from defense.registry import BuildContext, build_steps, defenses, get_defense, r
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
 from shared.pipeline import Blackbox, Granularity
-from shared.schemas import answer_label
 
 BASELINE_TITLES = {
     "msp": "Max softmax",
@@ -267,7 +266,7 @@ def evaluate_utility(
             rejected = batch.mask("rejected").tolist()
             for row, target, no in zip(rows, targets[s : s + batch_size], rejected, strict=True):
                 refused += int(no)
-                correct += int(not no and answer_label(row) == int(target))
+                correct += int(not no and row.label == int(target))
             for name, mask in batch.flags.items():
                 flagged[name] = flagged.get(name, 0) + int(mask.sum())
         seconds = time.perf_counter() - start

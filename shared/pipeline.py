@@ -19,7 +19,7 @@ import torch
 from shared.device import autocast
 from shared.imaging import resize
 from shared.models import Classifier
-from shared.schemas import OutputMode
+from shared.schemas import Answer, OutputMode
 
 
 @dataclass(frozen=True)
@@ -70,29 +70,44 @@ class Granularity:
     top_k: int = 5
     decimals: int | None = None
 
-    def format(self, batch: AnswerBatch) -> list[dict]:
+    def format(self, batch: AnswerBatch) -> list[Answer]:
+        """Each row as the typed `Answer` the API discloses; `Answer.to_wire()` is its JSON.
+
+        A row's label is what a client reads from the disclosed values (the first maximum of
+        the rounded vector, the first top-k entry), so `parse_answer(a.to_wire())` gives `a`
+        back; label-only rows carry the argmax of the unrounded probabilities.
+        """
         probs = batch.probs
         if self.decimals is not None:
             probs = round_probs(probs, self.decimals)
+        n_out = probs.shape[1]
         labels = batch.probs.argmax(dim=1).tolist()
         label_only = batch.mask("label_only").tolist()
         if self.mode == "label":
-            return [{"label": lab} for lab in labels]
+            return [Answer(n_out, lab) for lab in labels]
         if self.mode == "topk":
-            k = min(self.top_k, probs.shape[1])
+            k = min(self.top_k, n_out)
             # a stable sort breaks ties by index, like argmax, so top_k[0] is always the label
             values, indices = torch.sort(probs, dim=1, descending=True, stable=True)
             values, indices = values[:, :k], indices[:, :k]
             rows = [
-                {"top_k": [{"index": i, "probability": v} for i, v in zip(ix, vs, strict=True)]}
+                Answer(n_out, ix[0], top_k=tuple(zip(ix, vs, strict=True)))
                 for ix, vs in zip(indices.tolist(), values.tolist(), strict=True)
             ]
         else:
-            rows = [{"probabilities": p} for p in probs.tolist()]
+            disclosed = probs.argmax(dim=1).tolist()
+            rows = [
+                Answer(n_out, lab, probabilities=tuple(p))
+                for p, lab in zip(probs.tolist(), disclosed, strict=True)
+            ]
         return [
-            {"label": lab} if lo else row
+            Answer(n_out, lab) if lo else row
             for row, lab, lo in zip(rows, labels, label_only, strict=True)
         ]
+
+    def wire(self, batch: AnswerBatch) -> list[dict]:
+        """The rows as `/v1/predict` JSON objects."""
+        return [answer.to_wire() for answer in self.format(batch)]
 
 
 class Blackbox:
@@ -149,5 +164,5 @@ class Blackbox:
             self.queries += n
         return batch
 
-    def __call__(self, images: np.ndarray, clients: Sequence[str] | None = None) -> list[dict]:
+    def __call__(self, images: np.ndarray, clients: Sequence[str] | None = None) -> list[Answer]:
         return self.granularity.format(self.answer(images, clients))

@@ -139,7 +139,7 @@ def test_actions_reject_and_label_set_their_masks_and_granularity_obeys():
     rejected = apply_action(batch, flagged, "reject", 0, "t")
     assert rejected.mask("rejected").tolist() == flagged.tolist()
     labelled = apply_action(batch, flagged, "label", 0, "t")
-    formatted = Granularity("probs").format(labelled)
+    formatted = Granularity("probs").wire(labelled)
     labels = batch.probs.argmax(1).tolist()
     assert formatted[1] == {"label": labels[1]} and formatted[3] == {"label": labels[3]}
     assert "probabilities" in formatted[0] and "probabilities" in formatted[2]
@@ -151,8 +151,8 @@ def test_rounding_and_top_k_granularity_keep_the_label_after_perturbation():
     client the victim's label."""
     batch = ReverseSigmoidStep(0.7, 0.5)(make_batch(32))
     labels = batch.probs.argmax(1).tolist()
-    rounded = Granularity("probs", decimals=2).format(batch)
-    top1 = Granularity("topk", top_k=1).format(batch)
+    rounded = Granularity("probs", decimals=2).wire(batch)
+    top1 = Granularity("topk", top_k=1).wire(batch)
     for row, t, lab in zip(rounded, top1, labels, strict=True):
         probs = torch.tensor(row["probabilities"])
         assert probs[lab] == probs.max()  # rounding may tie, never overtake

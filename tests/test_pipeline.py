@@ -35,7 +35,7 @@ def _batch(logits: np.ndarray, label_only: np.ndarray | None = None) -> AnswerBa
 def test_every_mode_gives_valid_rows_in_order(logits, k, decimals):
     batch = _batch(logits)
     argmax = batch.probs.argmax(1).tolist()
-    probs_rows = Granularity("probs", decimals=decimals).format(batch)
+    probs_rows = Granularity("probs", decimals=decimals).wire(batch)
     for row, expected in zip(probs_rows, batch.probs.tolist(), strict=True):
         p = np.asarray(row["probabilities"])
         assert len(p) == logits.shape[1] and (p >= 0).all()
@@ -43,7 +43,7 @@ def test_every_mode_gives_valid_rows_in_order(logits, k, decimals):
         assert abs(p.sum() - 1) <= tol + 1e-9
         if decimals is None:
             assert np.allclose(p, expected)
-    top_rows = Granularity("topk", top_k=k).format(batch)
+    top_rows = Granularity("topk", top_k=k).wire(batch)
     for row, top, best in zip(top_rows, argmax, batch.probs.max(1).values.tolist(), strict=True):
         entries = row["top_k"]
         assert len(entries) == min(k, logits.shape[1])
@@ -52,7 +52,7 @@ def test_every_mode_gives_valid_rows_in_order(logits, k, decimals):
         assert len({e["index"] for e in entries}) == len(entries)
         assert entries[0]["index"] == top
         assert entries[0]["probability"] == pytest.approx(best)
-    labels = [r["label"] for r in Granularity("label").format(batch)]
+    labels = [r.label for r in Granularity("label").format(batch)]
     assert labels == argmax
 
 
@@ -63,10 +63,9 @@ def test_batch_of_n_equals_n_batches_of_one(logits, mode, data):
         data.draw(st.lists(st.booleans(), min_size=len(logits), max_size=len(logits)))
     )
     granularity = Granularity(mode, top_k=3)
-    whole = granularity.format(_batch(logits, mask))
+    whole = granularity.wire(_batch(logits, mask))
     singles = [
-        granularity.format(_batch(logits[i : i + 1], mask[i : i + 1]))[0]
-        for i in range(len(logits))
+        granularity.wire(_batch(logits[i : i + 1], mask[i : i + 1]))[0] for i in range(len(logits))
     ]
     assert whole == singles
     for row, label_only, top in zip(
@@ -84,5 +83,5 @@ def test_blackbox_answers_rows_independently_of_batch(victim_checkpoint):
     whole = box(images)
     singles = [box(images[i : i + 1])[0] for i in range(len(images))]
     for a, b in zip(whole, singles, strict=True):
-        assert np.allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
     assert box.queries == 18

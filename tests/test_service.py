@@ -272,7 +272,7 @@ def test_concurrent_requests_get_their_own_rows(victim_checkpoint, digits_test, 
     model, card = load_checkpoint(victim_checkpoint)
     reference = Blackbox(model, card.input_size, granularity=Granularity("label"), amp=False)
     images = [digits_test.image(i) for i in range(24)]
-    expected = reference(np.stack(images))
+    expected = [answer.to_wire() for answer in reference(np.stack(images))]
     settings = VictimSettings(checkpoint=victim_checkpoint, output="label", amp=False,
                               batch_max_wait_ms=wait_ms)  # fmt: skip
 

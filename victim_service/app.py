@@ -60,7 +60,7 @@ def _run_batch(blackbox: Blackbox, metrics: ServiceMetrics):
         for name, mask in batch.flags.items():
             if (flagged := int(mask.sum())) > 0:
                 metrics.flagged.labels(defense=name).inc(flagged)
-        predictions = blackbox.granularity.format(batch)
+        predictions = blackbox.granularity.wire(batch)
         return list(zip(predictions, batch.mask("rejected").tolist(), strict=True))
 
     return run
