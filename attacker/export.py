@@ -9,12 +9,12 @@ can differ from the victim's: use the `label` in answers.json for that.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
+from attacker.transfer import check_sent
 from shared.errors import TestbedError
 from shared.imaging import encode_image
 
@@ -44,12 +44,7 @@ def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> Ex
     for query in queries:
         image = sent_image(run, pool, query.pool_index)
         data = encode_image(image, fmt)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != query.sha256:
-            raise TestbedError(
-                f"pool image {query.pool_index} no longer matches what was sent at position "
-                f"{query.position} (sha256 differs): the pool changed since the run"
-            )
+        check_sent(query, data)
         relative = (
             Path("images")
             / f"{query.label:0{width}d}"

@@ -37,7 +37,6 @@ from sqlalchemy.orm import (
 )
 
 from shared.errors import TestbedError
-from shared.schemas import answer_label
 
 if TYPE_CHECKING:
     from shared.datasets import ImageDataset
@@ -119,29 +118,6 @@ def open_store(path: str | Path) -> sessionmaker[Session]:
     event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def answer_probabilities(answer: dict[str, Any], num_outputs: int) -> np.ndarray:
-    """An answer as a probability vector: top-k spreads the rest evenly, a label is one-hot.
-
-    Always finite, non-negative and summing to 1 (what a soft-label trainer needs).
-    """
-    out = np.zeros(num_outputs, dtype=np.float64)
-    if answer.get("probabilities") is not None:
-        out[:] = np.asarray(answer["probabilities"], dtype=np.float64)[:num_outputs]
-    elif answer.get("top_k"):
-        for entry in answer["top_k"]:
-            if 0 <= int(entry["index"]) < num_outputs:
-                out[int(entry["index"])] = float(entry["probability"])
-        out = np.nan_to_num(np.clip(out, 0.0, 1.0))
-        rest, free = 1.0 - out.sum(), num_outputs - len(answer["top_k"])
-        if rest > 0 and free > 0:
-            out[out == 0] = rest / free
-    else:
-        out[min(max(answer_label(answer), 0), num_outputs - 1)] = 1.0
-    out = np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, None)
-    total = out.sum()
-    return out / total if total > 0 else np.full(num_outputs, 1.0 / num_outputs)
 
 
 def load_pool(run: Run) -> ImageDataset:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
+from attacker.store import Query, Run, iter_queries, load_pool, load_run, open_store, sent_image
 from shared.errors import TestbedError
-from shared.imaging import resize
-from shared.schemas import answer_label
+from shared.imaging import encode_image, resize
+from shared.schemas import Answer, AnswerError, parse_answer
 from shared.training import to_tensor
 
 
@@ -20,41 +22,13 @@ class TransferSet:
     images: torch.Tensor
     """uint8 (N, 3, S, S), in query order."""
     targets: torch.Tensor
-    """float (N, 2, C): disclosed probabilities (one-hot for labels) and the known-class mask."""
+    """float (N, 2, C): `Answer.target()` of each row: the disclosed vector and known mask."""
     labels: torch.Tensor
     """The victim's top class for each image (N,)."""
     mode: str
     num_classes: int
     input_size: int
     run: dict
-
-
-def encode_answer(answer: dict, num_classes: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(disclosed vector, known mask, top class) of one answer as returned by the API."""
-    target = np.zeros(num_classes, dtype=np.float32)
-    known = np.ones(num_classes, dtype=np.float32)
-    if answer.get("probabilities") is not None:
-        target[:] = answer["probabilities"]
-        target = np.clip(target, 0, None)
-        target /= max(target.sum(), 1e-12)
-    elif answer.get("top_k") is not None:
-        known[:] = 0
-        for entry in answer["top_k"]:
-            target[entry["index"]] = entry["probability"]
-            known[entry["index"]] = 1
-    elif answer.get("label") is not None:
-        target[int(answer["label"])] = 1.0
-    else:
-        raise TestbedError(f"an answer with nothing usable in it: {answer}")
-    return target, known, answer_label(answer)
-
-
-def answer_mode(answer: dict) -> str:
-    if answer.get("probabilities") is not None:
-        return "probs"
-    if answer.get("top_k") is not None:
-        return "topk"
-    return "label"
 
 
 def load_transfer_set(
@@ -74,15 +48,48 @@ def load_transfer_set(
             raise TestbedError(f"run {run.id} has {len(queries)} answers, fewer than {budget}")
         num_classes = run.num_outputs or _infer_classes(queries[0].answer)
         size = run.input_size or 32
-        pool = load_pool(run)
-        images = np.stack([resize(sent_image(run, pool, q.pool_index), size) for q in queries])
-        encoded = [encode_answer(q.answer, num_classes) for q in queries]
-        mode = answer_mode(queries[0].answer)
+        mode = run_mode(run, queries[0].answer)
+        answers = [_parse(q, num_classes) for q in queries]
+        images = np.stack([resize(image, size) for image in checked_images(run, queries)])
         info = {"id": run.id, "victim_url": run.victim_url, "pool": run.pool,
                 "strategy": run.strategy, "budget": run.budget, "seed": run.seed}  # fmt: skip
-    targets = torch.from_numpy(np.stack([np.stack([t, k]) for t, k, _ in encoded]))
-    labels = torch.tensor([lab for _, _, lab in encoded], dtype=torch.long)
+    targets = torch.from_numpy(np.stack([np.stack(a.target()) for a in answers]).astype(np.float32))
+    labels = torch.tensor([a.label for a in answers], dtype=torch.long)
     return TransferSet(to_tensor(images), targets, labels, mode, num_classes, size, info)
+
+
+def run_mode(run: Run, first: dict) -> str:
+    """The loss follows the run's output mode (what the API was configured to disclose), never
+    one answer: a defense's label-only row is a hard label inside a probabilities run."""
+    if run.output_mode in ("probs", "topk", "label"):
+        return run.output_mode
+    return parse_answer(first, run.num_outputs).mode  # databases from before output_mode
+
+
+def _parse(query: Query, num_classes: int) -> Answer:
+    try:
+        return parse_answer(query.answer, num_classes)
+    except AnswerError as exc:
+        raise TestbedError(f"run {query.run_id}, position {query.position}: {exc}") from None
+
+
+def checked_images(run: Run, queries: list[Query]) -> Iterator[np.ndarray]:
+    """The images as sent, each checked against the sha256 stored when it was sent."""
+    pool = load_pool(run)
+    fmt = (run.params or {}).get("image_format", "png")
+    for query in queries:
+        image = sent_image(run, pool, query.pool_index)
+        check_sent(query, encode_image(image, fmt))
+        yield image
+
+
+def check_sent(query: Query, data: bytes) -> None:
+    """Refuse an image whose bytes are not what was sent at that position (the pool changed)."""
+    if hashlib.sha256(data).hexdigest() != query.sha256:
+        raise TestbedError(
+            f"pool image {query.pool_index} no longer matches what was sent at position "
+            f"{query.position} (sha256 differs): the pool changed since the run"
+        )
 
 
 def _infer_classes(answer: dict) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -14,10 +15,12 @@ from attacker.evaluate import evaluate, save_outputs
 from attacker.losses import answer_loss, hard_cross_entropy, soft_cross_entropy, topk_cross_entropy
 from attacker.store import Query, Run, open_store
 from attacker.train import KnockoffOptions, balance_indices, train_budgets
-from attacker.transfer import encode_answer, load_transfer_set
+from attacker.transfer import load_transfer_set
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
+from shared.imaging import encode_image
 from shared.pipeline import Blackbox
+from shared.schemas import parse_answer
 from tests.servers import running_service
 from victim_service.settings import VictimSettings
 
@@ -60,17 +63,14 @@ def test_topk_loss_with_everything_known_is_the_soft_loss_and_has_finite_gradien
     assert torch.isfinite(logits.grad).all()
 
 
-def test_answers_become_targets_and_masks_per_mode():
-    target, known, label = encode_answer({"probabilities": [0.2, 0.5, 0.3]}, 3)
-    assert np.allclose(target, [0.2, 0.5, 0.3]) and known.all() and label == 1
-    target, known, label = encode_answer(
-        {"top_k": [{"index": 2, "probability": 0.6}, {"index": 0, "probability": 0.3}]}, 4
-    )
-    assert np.allclose(target, [0.3, 0, 0.6, 0]) and list(known) == [1, 0, 1, 0] and label == 2
-    target, known, label = encode_answer({"label": 3}, 4)
-    assert list(target) == [0, 0, 0, 1] and known.all() and label == 3
-    y = torch.from_numpy(np.stack([target, known]))[None]
+def test_answer_targets_pack_into_the_loss_per_mode():
+    target, known = parse_answer({"label": 3}, 4).target()
+    y = torch.from_numpy(np.stack([target, known]).astype(np.float32))[None]
     assert answer_loss("label")(torch.zeros(1, 4), y).item() == pytest.approx(math.log(4))
+    target, known = parse_answer({"top_k": [{"index": 0, "probability": 0.7}]}, 4).target()
+    y = torch.from_numpy(np.stack([target, known]).astype(np.float32))[None]
+    expected = -0.7 * math.log(0.25) - 0.3 * math.log(0.75)
+    assert answer_loss("topk")(torch.zeros(1, 4), y).item() == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------- balancing
@@ -106,10 +106,11 @@ def transfer_db(tmp_path_factory, victim_checkpoint):
         session.add(run)
         session.flush()
         for position, (index, answer) in enumerate(zip(order, answers, strict=True)):
-            label = int(np.argmax(answer["probabilities"]))
+            digest = hashlib.sha256(encode_image(pool.image(int(index)))).hexdigest()
             session.add(Query(run_id=run.id, position=position, pool_index=int(index),
-                              reference=f"natural#{index}", sha256="-", answer=answer,
-                              label=label, latency_ms=0.0))  # fmt: skip
+                              reference=f"natural#{index}", sha256=digest,
+                              answer=answer.to_wire(), label=answer.label,
+                              latency_ms=0.0))  # fmt: skip
         session.commit()
     return db
 
