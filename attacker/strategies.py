@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from attacker.store import answer_probabilities
+from attacker.bandit import bandit_step, softmax_policy
+from attacker.rewards import certainty, diversity, effective_target, knockoff_loss
 from shared.errors import TestbedError, UnknownNameError
 from shared.imaging import resize
+from shared.schemas import Answer, parse_answer
 
 STRATEGIES = ("random", "adaptive")
 
@@ -33,9 +35,9 @@ class Strategy(Protocol):
         ...
 
     def observe(
-        self, start: int, indices: Sequence[int], images: np.ndarray, answers: Sequence[dict]
+        self, start: int, indices: Sequence[int], images: np.ndarray, answers: Sequence[Any]
     ) -> None:
-        """The victim's answers for those positions (called in position order)."""
+        """The victim's answers (`Answer`s or their JSON) for those positions, in order."""
         ...
 
 
@@ -76,7 +78,7 @@ class AdaptiveConfig:
     diversity_decay: float = 0.98
     """Decay of the running mean answer that diversity is measured against."""
     preference_clip: float = 30.0
-    """Preferences are kept in [-clip, 0] (max subtracted), so exp() never overflows."""
+    """Preferences are kept in [-clip, clip], so exp() never overflows."""
     knockoff_lr: float = 0.5
     knockoff_side: int = 8
     """The online knockoff reads images downsampled to side x side pixels."""
@@ -92,12 +94,14 @@ class AdaptiveConfig:
             raise TestbedError("adaptive: need a positive reward weight and knockoff_side >= 1")
 
 
-def _softmax(prefs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Softmax over the unmasked entries; max-subtracted, so it is finite for any finite input."""
-    z = np.where(mask, prefs, -np.inf)
-    z = z - z[mask].max()
-    e = np.where(mask, np.exp(z), 0.0)
-    return e / e.sum()
+@dataclass(frozen=True)
+class _Choice:
+    """A pending choice: the group, the class's place in it, and the policies sampled from."""
+
+    group: int
+    member: int
+    group_policy: np.ndarray
+    class_policy: np.ndarray
 
 
 class _RunningRange:
@@ -119,9 +123,11 @@ class AdaptiveStrategy:
     head nouns), then a class inside it, from softmax policies over preferences, then the next
     unused image of that class. The reward mixes the victim's certainty (top-2 margin), the
     diversity of its answer against the running mean answer, and the loss of a small online
-    knockoff (softmax regression on downsampled pixels) on the answer; each part is rescaled to
-    [0, 1], and the update uses reward minus a running-mean baseline. Preferences, rewards and
-    knockoff weights are kept finite: max-subtracted and clipped preferences, clipped
+    knockoff (softmax regression on downsampled pixels) on the answer, each from what the API
+    disclosed only (`attacker.rewards`); each part is rescaled to [0, 1] and the parts an answer
+    cannot tell (certainty of a bare label) are left out. The update (`attacker.bandit`) uses
+    reward minus a running-mean baseline and the policies the choice was sampled from.
+    Preferences, rewards and knockoff weights are kept finite: clipped preferences, clipped
     probabilities in the loss, a clipped knockoff gradient.
     """
 
@@ -167,7 +173,7 @@ class AdaptiveStrategy:
         self.heads = np.zeros(self.num_classes, dtype=np.int64)
         self.group_prefs = np.zeros(len(groups))
         self.class_prefs = np.zeros(self.num_classes)
-        self.choices: dict[int, tuple[int, int]] = {}
+        self.choices: dict[int, _Choice] = {}
         self.baseline, self.observed = 0.0, 0
         self.mean_answer = np.full(self.num_outputs, 1.0 / self.num_outputs)
         self.ranges = [_RunningRange() for _ in range(3)]
@@ -191,72 +197,74 @@ class AdaptiveStrategy:
             available = self._class_mask()
             group_mask = np.zeros(len(self.groups), dtype=bool)
             group_mask[np.unique(self.group_of[available])] = True
-            g = int(rng.choice(len(self.groups), p=_softmax(self.group_prefs, group_mask)))
+            group_policy = softmax_policy(self.group_prefs, group_mask)
+            g = int(rng.choice(len(self.groups), p=group_policy))
             members = np.asarray(self.groups[g])
-            member_mask = available[members]
-            policy = _softmax(self.class_prefs[members], member_mask)
-            c = int(members[rng.choice(len(members), p=policy)])
+            class_policy = softmax_policy(self.class_prefs[members], available[members])
+            local = int(rng.choice(len(members), p=class_policy))
+            c = int(members[local])
             picked.append(int(self.queues[c][self.heads[c]]))
             self.heads[c] += 1
-            self.choices[start + offset] = (g, c)
+            # the update uses the policies this choice was sampled from (Sutton & Barto 2.8),
+            # not the ones standing when its answer arrives, batches later
+            self.choices[start + offset] = _Choice(g, local, group_policy, class_policy)
         return picked
 
     def observe(
-        self, start: int, indices: Sequence[int], images: np.ndarray, answers: Sequence[dict]
+        self, start: int, indices: Sequence[int], images: np.ndarray, answers: Sequence[Any]
     ) -> None:
         if not self._ready:
             self._build()
         if not len(answers):
             return
-        y = np.stack([answer_probabilities(a, self.num_outputs) for a in answers])
+        parsed = [parse_answer(a, self.num_outputs) for a in answers]
         x = self._features(images)
-        p = self._knockoff(x)
-        losses = -(y * np.log(np.clip(p, 1e-8, 1.0))).sum(axis=1)
-        cfg = self.config
-        weights = np.asarray(cfg.reward_weights) / sum(cfg.reward_weights)
-        for row, position in enumerate(range(start, start + len(answers))):
-            top = np.sort(y[row])[::-1]
-            certainty = float(top[0] - (top[1] if len(top) > 1 else 0.0))
-            diversity = float(np.maximum(y[row] - self.mean_answer, 0.0).sum())
-            self.mean_answer = (
-                cfg.diversity_decay * self.mean_answer + (1 - cfg.diversity_decay) * y[row]
-            )
-            raw = (certainty, diversity, float(losses[row]))
-            scaled = np.asarray([r.scale(v) for r, v in zip(self.ranges, raw, strict=True)])
-            scaled = np.nan_to_num(scaled, nan=0.5, posinf=1.0, neginf=0.0)
-            reward = float(weights @ scaled)
-            self.last_rewards = scaled
+        q = self._knockoff(x)
+        for row, position in enumerate(range(start, start + len(parsed))):
+            reward = self._reward(parsed[row], q[row])
             advantage = reward - self.baseline
             self.observed += 1
             self.baseline += (reward - self.baseline) / self.observed
-            g, c = self.choices.pop(position, (None, None))
-            if g is None:
+            choice = self.choices.pop(position, None)
+            if choice is None:
                 raise TestbedError(f"adaptive: answer for position {position} was never selected")
-            self._update(g, c, advantage)
-        self._train_knockoff(x, y)
+            self._update(choice, advantage)
+        self._train_knockoff(x, parsed)
 
     # ------------------------------------------------------------------ learning
 
-    def _update(self, g: int, c: int, advantage: float) -> None:
+    def _reward(self, answer: Answer, q: np.ndarray) -> float:
+        """Weighted mean of the reward parts the answer discloses, each rescaled to [0, 1]."""
+        cfg = self.config
+        raw = (
+            certainty(answer),
+            diversity(answer, self.mean_answer),
+            knockoff_loss(answer, q),
+        )
+        target, _ = answer.target()
+        self.mean_answer = cfg.diversity_decay * self.mean_answer + (1 - cfg.diversity_decay) * (
+            target
+        )
+        total = weight = 0.0
+        scaled = np.full(3, np.nan)
+        for i, (value, rng, w) in enumerate(zip(raw, self.ranges, cfg.reward_weights, strict=True)):
+            if value is None or not np.isfinite(value) or w == 0:
+                continue
+            scaled[i] = rng.scale(float(value))
+            total, weight = total + w * scaled[i], weight + w
+        self.last_rewards = scaled
+        return total / weight if weight > 0 else 0.5
+
+    def _update(self, choice: _Choice, advantage: float) -> None:
         """Gradient-bandit step on the chosen group and on the chosen class inside it."""
         lr, clip = self.config.lr, self.config.preference_clip
-        available = self._class_mask()
-        available[c] = True  # the class that was chosen is part of the policy it came from
-        group_mask = np.zeros(len(self.groups), dtype=bool)
-        group_mask[np.unique(self.group_of[available])] = True
-        group_mask[g] = True
-        pi = _softmax(self.group_prefs, group_mask)
-        step = -lr * advantage * pi
-        step[g] += lr * advantage
-        self.group_prefs = np.where(group_mask, self.group_prefs + step, self.group_prefs)
-        self.group_prefs = np.clip(self.group_prefs - self.group_prefs.max(), -clip, 0.0)
-        members = np.asarray(self.groups[g])
-        member_mask = available[members]
-        pi_c = _softmax(self.class_prefs[members], member_mask)
-        step_c = -lr * advantage * pi_c
-        step_c[int(np.flatnonzero(members == c)[0])] += lr * advantage
-        prefs = np.where(member_mask, self.class_prefs[members] + step_c, self.class_prefs[members])
-        self.class_prefs[members] = np.clip(prefs - prefs.max(), -clip, 0.0)
+        self.group_prefs = bandit_step(
+            self.group_prefs, choice.group, choice.group_policy, advantage, lr, clip
+        )
+        members = np.asarray(self.groups[choice.group])
+        self.class_prefs[members] = bandit_step(
+            self.class_prefs[members], choice.member, choice.class_policy, advantage, lr, clip
+        )
 
     def _features(self, images: np.ndarray) -> np.ndarray:
         side = self.config.knockoff_side
@@ -269,10 +277,12 @@ class AdaptiveStrategy:
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
 
-    def _train_knockoff(self, x: np.ndarray, y: np.ndarray, steps: int = 2) -> None:
-        """A few SGD steps of soft-label cross-entropy; the gradient norm is clipped to 1."""
+    def _train_knockoff(self, x: np.ndarray, answers: Sequence[Answer], steps: int = 2) -> None:
+        """A few SGD steps of the pooled cross-entropy; the gradient norm is clipped to 1."""
         for _ in range(steps):
-            err = (self._knockoff(x) - y) / len(x)
+            q = self._knockoff(x)
+            y = np.stack([effective_target(a, row) for a, row in zip(answers, q, strict=True)])
+            err = (q - y) / len(x)
             grad_w, grad_b = x.T @ err, err.sum(axis=0)
             norm = float(np.sqrt((grad_w**2).sum() + (grad_b**2).sum()))
             if not np.isfinite(norm):
@@ -290,7 +300,7 @@ class AdaptiveStrategy:
         return {
             "group_prefs": self.group_prefs.copy(),
             "class_prefs": self.class_prefs.copy(),
-            "group_policy": _softmax(self.group_prefs, np.ones(len(self.groups), dtype=bool)),
+            "group_policy": softmax_policy(self.group_prefs, np.ones(len(self.groups), bool)),
             "baseline": self.baseline,
             "mean_answer": self.mean_answer.copy(),
             "knockoff_weights": self.weights.copy(),

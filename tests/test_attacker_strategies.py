@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacker.store import answer_probabilities
+from attacker.bandit import bandit_step, softmax_policy
+from attacker.rewards import certainty, effective_target, knockoff_loss
 from attacker.strategies import AdaptiveStrategy, RandomStrategy, make_strategy
 from shared.errors import TestbedError
+from shared.schemas import parse_answer
 
 
 def test_random_plan_is_a_seeded_sample_without_replacement():
@@ -27,21 +29,6 @@ def test_budget_larger_than_pool_and_unknown_strategy_are_refused():
         RandomStrategy(10, 11)
     with pytest.raises(TestbedError, match="unknown strategy"):
         make_strategy("greedy", targets=[0, 1], budget=1, num_outputs=2)
-
-
-@pytest.mark.parametrize(
-    "answer",
-    [
-        {"probabilities": [0.0, 1.0, 0.0]},
-        {"top_k": [{"index": 2, "probability": 0.7}, {"index": 0, "probability": 0.2}]},
-        {"label": 1},
-        {"probabilities": [1e-300, 0.0, 0.0]},
-    ],
-)
-def test_answers_become_probability_vectors(answer):
-    p = answer_probabilities(answer, 3)
-    assert p.shape == (3,) and np.all(np.isfinite(p)) and np.all(p >= 0)
-    assert p.sum() == pytest.approx(1.0)
 
 
 def _victim(images: np.ndarray, mode: str, rng: np.random.Generator) -> list[dict]:
@@ -121,3 +108,80 @@ def test_adaptive_is_deterministic_given_the_same_answers():
         AdaptiveStrategy(targets, 10, 600, class_groups=groups, seed=6), images, 600, 8, 3, "probs"
     )
     assert other != runs[0]
+
+
+def _one_group_pool(classes: int = 10, n: int = 400):
+    targets = np.arange(n) % classes
+    images = np.stack([np.full((4, 4, 3), 20 * (t + 1), np.uint8) for t in targets])
+    return targets, images, {"all": list(range(classes))}
+
+
+def test_adaptive_updates_with_the_policy_it_sampled_from_not_the_current_one():
+    """Position 1 is chosen from the uniform starting policy; position 0's answer moves the
+    preferences before position 1's arrives. Sutton & Barto 2.8 with the *sampled* policy moves
+    every other class by the same amount (uniform pi); the policy standing at answer time
+    would move the class position 0 chose differently from the rest."""
+    targets, images, groups = _one_group_pool()
+    strategy = AdaptiveStrategy(targets, 10, 100, class_groups=groups, seed=0)
+    first, second = strategy.select(0, 1), strategy.select(1, 1)
+    a0, a1 = int(targets[first[0]]), int(targets[second[0]])
+    assert a0 != a1  # the seed is chosen so that the two positions pick different classes
+    vague = {"probabilities": [0.1] * 10}
+    sure = {"probabilities": [0.0] * 9 + [1.0]}
+    strategy.observe(0, first, images[first], [vague])
+    before = strategy.state()["class_prefs"]
+    assert np.ptp(before) > 0  # position 0's update made the current policy non-uniform
+    strategy.observe(1, second, images[second], [sure])
+    delta = strategy.state()["class_prefs"] - before
+    others = np.delete(delta, a1)
+    assert np.ptp(delta) > 1e-3  # a real update happened
+    assert np.allclose(others, others[0], atol=1e-12)
+    reward = float(np.mean(strategy.state()["last_rewards"]))  # equal weights; R̄ was 0.5
+    assert delta[a1] - others[0] == pytest.approx(strategy.config.lr * (reward - 0.5))
+
+
+def test_gradient_bandit_step_replays_sutton_and_barto_on_hand_made_numbers():
+    """H(a_t) += alpha (R - R̄)(1 - pi(a_t)); H(a) -= alpha (R - R̄) pi(a), pi the sampled
+    policy. Hand computation: pi = softmax([0, 1, -1]) = [0.244728, 0.665241, 0.090031],
+    a_t = 2, alpha = 0.1, R = 0.8, R̄ = 0.3."""
+    prefs = np.array([0.0, 1.0, -1.0])
+    pi = softmax_policy(prefs, np.ones(3, bool))
+    assert pi == pytest.approx([0.244728, 0.665241, 0.090031], abs=1e-6)
+    new = bandit_step(prefs, 2, pi, 0.8 - 0.3, 0.1)
+    assert new == pytest.approx([-0.0122364, 0.9667380, -0.9545016], abs=1e-6)
+    # the policy passed in is the one used: another policy gives another step
+    other = bandit_step(prefs, 2, np.array([0.5, 0.5, 0.0]), 0.5, 0.1)
+    assert other == pytest.approx([-0.025, 0.975, -0.95])
+    # actions unavailable when sampling (pi = 0) keep their preference; clipping bounds them
+    masked = softmax_policy(prefs, np.array([True, False, True]))
+    assert masked[1] == 0 and bandit_step(prefs, 0, masked, 1.0, 0.1)[1] == 1.0
+    assert bandit_step(np.array([29.9, 0.0]), 0, np.array([0.0, 1.0]), 1.0, 1.0, 30.0)[0] == 30
+
+
+def test_rewards_use_only_what_was_disclosed():
+    label = parse_answer({"label": 2}, 4)
+    assert certainty(label) is None
+    top1 = parse_answer({"top_k": [{"index": 1, "probability": 0.7}]}, 4)
+    assert certainty(top1) == pytest.approx(0.4)  # the runner-up can be at most 0.3
+    top2 = parse_answer(
+        {"top_k": [{"index": 1, "probability": 0.7}, {"index": 3, "probability": 0.0}]}, 4
+    )
+    assert certainty(top2) == pytest.approx(0.7)
+    # the knockoff's loss on a top-k answer ignores how it splits the undisclosed mass
+    a, b = np.array([0.1, 0.5, 0.3, 0.1]), np.array([0.35, 0.5, 0.05, 0.1])
+    assert knockoff_loss(top1, a) == pytest.approx(knockoff_loss(top1, b))
+    assert knockoff_loss(top1, a) == pytest.approx(-0.7 * np.log(0.5) - 0.3 * np.log(0.5))
+    # a disclosed 0 stays 0 in the gradient's target (not overwritten by a share of the rest)
+    y = effective_target(top2, a)
+    assert y[3] == 0 and y[1] == pytest.approx(0.7) and y.sum() == pytest.approx(1.0)
+    assert knockoff_loss(label, a) == pytest.approx(-np.log(0.3))
+
+
+@pytest.mark.parametrize("mode", ["topk", "label"])
+def test_adaptive_rewards_from_partial_answers_stay_in_range(mode):
+    targets, images, groups = _pool(n=800)
+    strategy = AdaptiveStrategy(targets, 10, 400, class_groups=groups, seed=0)
+    _drive(strategy, images, 400, 8, 1, mode)
+    rewards = strategy.state()["last_rewards"]
+    assert np.isnan(rewards[0]) == (mode == "label")  # a label has no certainty to reward
+    assert np.all((rewards[1:] >= 0) & (rewards[1:] <= 1))

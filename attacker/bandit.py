@@ -1,0 +1,39 @@
+"""The gradient bandit (Sutton & Barto 2.8), the learner inside Knockoff Nets' adaptive strategy.
+
+Preferences H, policy pi = softmax(H) over the available actions. After reward R_t for action
+a_t with baseline R̄: H(a_t) += alpha (R_t - R̄)(1 - pi(a_t)) and H(a) -= alpha (R_t - R̄) pi(a)
+for every other a, where pi is the policy a_t was *sampled from*. The caller keeps that policy
+with each pending action, because answers arrive batches after the choice, when H has moved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax_policy(prefs: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """softmax(H) over the available actions (0 elsewhere); max-subtracted, so always finite."""
+    available = np.asarray(available, dtype=bool)
+    if not available.any():
+        raise ValueError("no action is available")
+    z = np.where(available, prefs, -np.inf)
+    e = np.where(available, np.exp(z - z[available].max()), 0.0)
+    return e / e.sum()
+
+
+def bandit_step(
+    prefs: np.ndarray,
+    action: int,
+    policy: np.ndarray,
+    advantage: float,
+    lr: float,
+    clip: float = np.inf,
+) -> np.ndarray:
+    """New preferences after one reward: H += alpha (R - R̄)(onehot(a_t) - pi).
+
+    `policy` is the one `action` was sampled from; actions it gave 0 (unavailable then) keep
+    their preference. Preferences are clipped to [-clip, clip] so exp() never overflows.
+    """
+    step = -lr * advantage * np.asarray(policy, dtype=np.float64)
+    step[action] += lr * advantage
+    return np.clip(prefs + step, -clip, clip)
