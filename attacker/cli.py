@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from attacker.defaults import KNOCKOFF
 from shared.cli import friendly
+from shared.errors import TestbedError
 
 app = typer.Typer(
     help="The attacker's side: steal a model through its prediction API.",
@@ -63,6 +65,62 @@ def query(
 
 @app.command()
 @friendly
+def attack(
+    name: str = typer.Argument(..., help="Attack by name: see `attacker attacks`"),
+    url: str = typer.Option(..., help="Base URL of the prediction API"),
+    param: list[str] = typer.Option(
+        [], "--set", help="An attack parameter as key=value (repeatable), e.g. --set budget=2000"
+    ),
+    db: Path = typer.Option(Path("runs/transfer.sqlite"), help="Transfer-set SQLite file"),
+    out: Path = typer.Option(Path("runs/knockoff.pt"), help="Knockoff checkpoint to write"),
+    api_key: str | None = typer.Option(None, envvar="ATTACKER_API_KEY", help="X-API-Key"),
+    concurrency: int = typer.Option(16, help="Requests in flight at most"),
+    batch_size: int = typer.Option(8, help="Images per request"),
+    limit: int | None = typer.Option(None, help="Stop after this many new images (resumable)"),
+    query_only: bool = typer.Option(False, help="Fill the transfer set, train nothing"),
+) -> None:
+    """Run an attack by name (knockoff, copycat, jbda): query, resumably, then train a knockoff.
+
+    Rerun the same command to continue an interrupted run."""
+    from attacker.attacks import Target, make_attack
+    from attacker.runs import run_summary
+
+    pairs = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TestbedError(f"--set takes key=value, not {item!r}")
+        pairs[key.strip().replace("-", "_")] = value.strip()
+    chosen = make_attack(name, pairs)
+    target = Target(url=url, db=db, api_key=api_key, concurrency=concurrency,
+                    batch_size=batch_size, limit=limit)  # fmt: skip
+    if query_only:
+        typer.echo(run_summary(chosen.query(target)))
+        return
+    result = chosen.extract(target, out)
+    typer.echo(run_summary(result.query))
+    if result.knockoff is not None:
+        k = result.knockoff
+        typer.echo(f"knockoff: validation agreement {k.val_agreement:.4f} "
+                   f"(epoch {k.best_epoch}, {k.seconds:.0f} s) -> {k.checkpoint}")  # fmt: skip
+
+
+@app.command()
+def attacks() -> None:
+    """List the attacks by name and their parameters (with defaults)."""
+    from attacker.attacks import ATTACKS
+
+    for name in sorted(ATTACKS):
+        cls = ATTACKS[name]
+        doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+        typer.echo(f"{name}: {doc.splitlines()[0] if doc else ''}")
+        for field, info in cls.Params.model_fields.items():
+            default = "required" if info.is_required() else repr(info.default)
+            typer.echo(f"    {field} = {default}")
+
+
+@app.command()
+@friendly
 def export(
     db: Path = typer.Option(Path("runs/transfer.sqlite"), help="Transfer-set SQLite file"),
     run: int | None = typer.Option(None, help="Run id (default: the latest)"),
@@ -84,10 +142,10 @@ def train(
     budgets: str | None = typer.Option(
         None, help="Comma-separated budgets: one fresh knockoff per prefix, plus a curve"
     ),
-    arch: str = typer.Option("cnn5", help="Knockoff architecture (any of the registry)"),
-    epochs: int = typer.Option(30),
-    batch_size: int = typer.Option(128),
-    lr: float = typer.Option(0.05),
+    arch: str = typer.Option(KNOCKOFF.arch, help="Knockoff architecture (any of the registry)"),
+    epochs: int = typer.Option(KNOCKOFF.epochs),
+    batch_size: int = typer.Option(KNOCKOFF.batch_size),
+    lr: float = typer.Option(KNOCKOFF.lr),
     out: Path = typer.Option(Path("runs/knockoff.pt"), help="Checkpoint to write"),
     balance: bool = typer.Option(False, help="Copycat's class balancing of the stolen labels"),
     weights: str | None = typer.Option(None, help="'imagenet' or a local weights file"),

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
-from attacker.transfer import check_sent
+from attacker.store import iter_queries, load_run, open_store
+from attacker.transfer import sent_payloads
 from shared.errors import TestbedError
 from shared.imaging import encode_image
 
@@ -36,22 +36,23 @@ def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> Ex
     with factory() as session:
         run = load_run(session, run_id)
         queries = list(iter_queries(session, run.id))
-    pool = load_pool(run)
+        fmt = (run.params or {}).get("image_format", "png")
+        # a file per image: the bytes sent when they were PNG, else (v2's raw pixels) as PNG
+        files = [
+            data if fmt == "png" else encode_image(image, "png")
+            for image, data in sent_payloads(session, run, queries)
+        ]
     width = len(str(max((run.num_outputs or 1) - 1, 0)))
     images_dir = out / "images"
     entries = []
-    fmt = (run.params or {}).get("image_format", "png")
-    for query in queries:
-        image = sent_image(run, pool, query.pool_index)
-        data = encode_image(image, fmt)
-        check_sent(query, data)
+    for query, data in zip(queries, files, strict=True):
         relative = (
             Path("images")
             / f"{query.label:0{width}d}"
             / (f"{query.position:06d}_{query.pool_index}.png")
         )
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        (out / relative).write_bytes(data if fmt == "png" else encode_image(image, "png"))
+        (out / relative).write_bytes(data)
         entries.append(
             {
                 "position": query.position,

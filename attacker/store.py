@@ -7,6 +7,7 @@ store an image twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,13 +21,16 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -101,6 +105,29 @@ class Query(Base):
     run: Mapped[Run] = relationship(back_populates="queries")
 
 
+class Blob(Base):
+    """Bytes sent that no pool can rebuild (JBDA's synthetic images), keyed by their sha256:
+    an image sent twice, by any run, is stored once."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PlannedImage(Base):
+    """A position's image, fixed before it is sent (a JBDA round is planned, stored, then
+    queried), so a killed run resumes with the very images it had planned."""
+
+    __tablename__ = "planned_images"
+    __table_args__ = (UniqueConstraint("run_id", "position", name="uq_planned_position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -116,8 +143,56 @@ def open_store(path: str | Path) -> sessionmaker[Session]:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine: Engine = create_engine(f"sqlite:///{path}", json_serializer=json.dumps)
     event.listen(engine, "connect", _sqlite_pragmas)
-    Base.metadata.create_all(engine)
+    _check_schema(engine, path)
+    Base.metadata.create_all(engine)  # adds the tables a database from an older version lacks
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _check_schema(engine: Engine, path: Path) -> None:
+    """Refuse, in one line, a file that is not a transfer set or misses columns we need."""
+    try:
+        tables = inspect(engine).get_table_names()
+        for table in Base.metadata.sorted_tables:
+            if table.name in tables:
+                have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+                if missing := sorted(set(table.columns.keys()) - have):
+                    raise TestbedError(
+                        f"{path} is a transfer set from an incompatible version: table "
+                        f"{table.name} lacks {', '.join(missing)}; use a new --db"
+                    )
+    except DatabaseError as exc:
+        raise TestbedError(f"{path} is not a transfer-set database ({exc.orig})") from None
+
+
+def store_blobs(session: Session, data: list[bytes]) -> list[str]:
+    """Store each payload once (deduplicated by sha256); their sha256, in order."""
+    digests = [hashlib.sha256(d).hexdigest() for d in data]
+    have = set(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(set(digests)))))
+    for digest, payload in zip(digests, data, strict=True):
+        if digest not in have:
+            session.add(Blob(sha256=digest, data=payload))
+            have.add(digest)
+    return digests
+
+
+def read_blobs(session: Session, digests: list[str]) -> dict[str, bytes]:
+    """sha256 -> bytes, each checked against its key; a missing blob is a clear error."""
+    rows = dict(
+        session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(set(digests)))).all()
+    )
+    for digest in digests:
+        data = rows.get(digest)
+        if data is None:
+            raise TestbedError(f"the transfer set has no stored image with sha256 {digest}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise TestbedError(f"the stored image {digest} is corrupt (its sha256 differs)")
+    return rows
+
+
+def planned_images(session: Session, run_id: int) -> dict[int, str]:
+    """position -> sha256 of the run's planned images."""
+    stmt = select(PlannedImage.position, PlannedImage.sha256).where(PlannedImage.run_id == run_id)
+    return dict(session.execute(stmt).all())
 
 
 def load_pool(run: Run) -> ImageDataset:

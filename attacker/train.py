@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attacker.defaults import KNOCKOFF
 from attacker.losses import answer_loss
 from attacker.transfer import TransferSet, load_transfer_set
 from shared.checkpoint import ModelCard, save_checkpoint
@@ -38,14 +39,16 @@ def balance_indices(labels: np.ndarray, seed: int = 0, per_class: int | None = N
 
 @dataclass
 class KnockoffOptions:
-    arch: str = "cnn5"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.05
+    """How a knockoff is trained; the defaults live in `attacker.defaults.KNOCKOFF`."""
+
+    arch: str = KNOCKOFF.arch
+    epochs: int = KNOCKOFF.epochs
+    batch_size: int = KNOCKOFF.batch_size
+    lr: float = KNOCKOFF.lr
     weights: str | None = None
     balance: bool = False
-    val_fraction: float = 0.1
-    pad: int = 2
+    val_fraction: float = KNOCKOFF.val_fraction
+    pad: int = KNOCKOFF.pad
     flip: bool = False
     seed: int = 0
     device: str = "auto"

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.orm import Session
 
-from attacker.store import Query, Run, iter_queries, load_pool, load_run, open_store, sent_image
+from attacker.store import (
+    Query,
+    Run,
+    iter_queries,
+    load_pool,
+    load_run,
+    open_store,
+    read_blobs,
+    sent_image,
+)
 from shared.errors import TestbedError
-from shared.imaging import encode_image, resize
+from shared.imaging import decode_image, encode_image, resize
 from shared.schemas import Answer, AnswerError, parse_answer
 from shared.training import to_tensor
 
@@ -32,9 +42,15 @@ class TransferSet:
 
 
 def load_transfer_set(
-    db: str | Path, run_id: int | None = None, budget: int | None = None
+    db: str | Path,
+    run_id: int | None = None,
+    budget: int | None = None,
+    hard_labels: bool = False,
 ) -> TransferSet:
-    """The first `budget` answered queries of a run (all when None), images at the API's size."""
+    """The first `budget` answered queries of a run (all when None), images at the API's size.
+
+    `hard_labels` keeps only each answer's label (Copycat trains on the argmax whatever the API
+    disclosed)."""
     db = Path(db)
     if not db.exists():
         raise TestbedError(f"transfer set {db} does not exist; run `attacker query` first")
@@ -50,7 +66,11 @@ def load_transfer_set(
         size = run.input_size or 32
         mode = run_mode(run, queries[0].answer)
         answers = [_parse(q, num_classes) for q in queries]
-        images = np.stack([resize(image, size) for image in checked_images(run, queries)])
+        if hard_labels:
+            mode, answers = "label", [Answer(a.num_outputs, a.label) for a in answers]
+        images = np.stack(
+            [resize(image, size) for image, _ in sent_payloads(session, run, queries)]
+        )
         info = {"id": run.id, "victim_url": run.victim_url, "pool": run.pool,
                 "strategy": run.strategy, "budget": run.budget, "seed": run.seed}  # fmt: skip
     targets = torch.from_numpy(np.stack([np.stack(a.target()) for a in answers]).astype(np.float32))
@@ -73,14 +93,28 @@ def _parse(query: Query, num_classes: int) -> Answer:
         raise TestbedError(f"run {query.run_id}, position {query.position}: {exc}") from None
 
 
-def checked_images(run: Run, queries: list[Query]) -> Iterator[np.ndarray]:
-    """The images as sent, each checked against the sha256 stored when it was sent."""
+def sent_payloads(
+    session: Session, run: Run, queries: list[Query]
+) -> Iterator[tuple[np.ndarray, bytes]]:
+    """(image, bytes) as sent for each query, checked against the sha256 stored when it was
+    sent: rebuilt from the pool, or read from the blob table for synthetic images (JBDA)."""
+    if uses_blobs(run):
+        blobs = read_blobs(session, [q.sha256 for q in queries])
+        for query in queries:
+            yield decode_image(blobs[query.sha256]), blobs[query.sha256]
+        return
     pool = load_pool(run)
     fmt = (run.params or {}).get("image_format", "png")
     for query in queries:
         image = sent_image(run, pool, query.pool_index)
-        check_sent(query, encode_image(image, fmt))
-        yield image
+        data = encode_image(image, fmt)
+        check_sent(query, data)
+        yield image, data
+
+
+def uses_blobs(run: Run) -> bool:
+    """Runs whose images are in no pool store the bytes they sent."""
+    return (run.params or {}).get("images") == "blobs"
 
 
 def check_sent(query: Query, data: bytes) -> None:
