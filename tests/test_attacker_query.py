@@ -23,7 +23,14 @@ from attacker.query import QueryConfig, run_query
 from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
 from benchmarks.common import throwaway_victim
 from shared.imaging import encode_image
-from tests.servers import ROOT, free_port, running_service, service_process
+from tests.servers import (
+    ROOT,
+    count_answers,
+    free_port,
+    running_service,
+    service_process,
+    sigkill_after,
+)
 from victim_service.settings import VictimSettings
 
 
@@ -45,16 +52,6 @@ def _rows(db: Path, run_id: int | None = None) -> list:
     with open_store(db)() as session:
         run = load_run(session, run_id)
         return list(iter_queries(session, run.id))
-
-
-def _count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("select count(*) from queries").fetchone()[0]
-    except sqlite3.OperationalError:  # the table is not there yet
-        return 0
 
 
 def test_exact_budget_reloadable_images_and_a_complete_rerun(service, tmp_path):
@@ -116,12 +113,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_run(victim, tmp_path
     db = tmp_path / "killed.sqlite"
     with running_service(settings) as url:
         process = subprocess.Popen(_attacker_cmd(url, db, budget), cwd=ROOT, env=env)
-        deadline = time.monotonic() + 90
-        while _count(db) < 32 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-        at_kill = _count(db)
+        at_kill = sigkill_after(process, db, 32, 90)
         assert process.returncode == -signal.SIGKILL
         assert 0 < at_kill < budget, "the kill must land mid-run"
         rerun = subprocess.run(
@@ -167,11 +159,11 @@ def test_a_server_that_dies_and_comes_back_is_survived(victim, tmp_path):
         thread = threading.Thread(target=attack)
         thread.start()
         deadline = time.monotonic() + 60
-        while _count(config.db) < 40 and thread.is_alive() and time.monotonic() < deadline:
+        while count_answers(config.db) < 40 and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
         process.kill()
         process.wait(10)
-        at_death = _count(config.db)
+        at_death = count_answers(config.db)
     assert 0 < at_death < 400, "the server must die mid-run"
     time.sleep(0.5)
     with service_process(env, port=port):

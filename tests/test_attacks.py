@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +23,7 @@ from attacker.transfer import load_transfer_set
 from benchmarks.common import throwaway_victim
 from shared.errors import TestbedError, UnknownNameError
 from shared.imaging import decode_image
-from tests.servers import ROOT, running_service
+from tests.servers import ROOT, running_service, sigkill_after
 from victim_service.settings import VictimSettings
 
 
@@ -103,14 +100,6 @@ def test_the_seed_set_is_balanced_and_seeded():
     assert np.array_equal(seeds, seed_set(params, 32))
 
 
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("select count(*) from queries").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_jbda_through_the_service_killed_and_resumed(tmp_path):
     victim = throwaway_victim(tmp_path / "v.pt", arch="cnn5")
     settings = VictimSettings(checkpoint=victim, device="cpu", rate_limit=30, rate_burst=8,
@@ -123,12 +112,7 @@ def test_jbda_through_the_service_killed_and_resumed(tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1"}
     with running_service(settings) as url:
         process = subprocess.Popen([*cmd, "--url", url], cwd=ROOT, env=env)
-        deadline = time.monotonic() + 120
-        while _count(db) < 24 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-        at_kill = _count(db)
+        at_kill = sigkill_after(process, db, 24, 120)
         assert 20 <= at_kill < 80, "the kill must land after the seed round, before the end"
         rerun = subprocess.run([*cmd, "--url", url], cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=240)  # fmt: skip
