@@ -30,7 +30,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -160,6 +160,8 @@ def _check_schema(engine: Engine, path: Path) -> None:
                         f"{path} is a transfer set from an incompatible version: table "
                         f"{table.name} lacks {', '.join(missing)}; use a new --db"
                     )
+    except OperationalError:
+        raise  # locked, read-only, disk full: the caller says what it could not do
     except DatabaseError as exc:
         raise TestbedError(f"{path} is not a transfer-set database ({exc.orig})") from None
 
