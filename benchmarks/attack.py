@@ -7,6 +7,13 @@ benchmark's closed-loop load generator (pre-encoded images, no client work), and
 `attacker query` run (pool generation, PNG encoding, hashing, SQLite writes included). The key
 figure is `attacker_vs_service_capacity` = median attacker rate / median capacity (target >= 0.9).
 
+Both protocols are measured (`--protocols v1,v2`): v1 sends multipart PNGs, v2 raw UINT8
+tensors through the binary extension (no PNG encoding on the attacker's side, no decoding on the
+service's), each against the capacity measured with the same protocol and request shape. The
+requests carry 32 images (the API allows 64), where 8 was the earlier default: per-request
+costs (HTTP, scheduling) are shared by four times as many images. CPU per request is read from
+getrusage for the attacker (and the load generator) and from /proc for the service.
+
 The headline pool is `noise` (near-free to generate), so the figure measures the querying
 machinery itself: HTTP, PNG encoding, hashing, scheduling, SQLite. `by_pool` adds `natural`,
 whose synthesis (random crops of large photographs) costs about 1 ms of CPU per image: where the
@@ -26,9 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from attacker.query import QueryConfig, run_query
 from benchmarks.common import throwaway_victim
-from benchmarks.loadgen import generate_load
+from benchmarks.loadgen import generate_load, v1_requests, v2_requests
+from benchmarks.serve import process_cpu_s, self_cpu_s
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
 from victim_service.launch import service_process
@@ -36,42 +46,64 @@ from victim_service.launch import service_process
 TARGET = 0.9
 
 
-def measure(args: argparse.Namespace, url: str, pool_name: str, tmp: Path) -> dict:
-    """Alternate capacity and attacker runs `repeats` times on one pool; medians and samples."""
+def measure(
+    args: argparse.Namespace, url: str, pid: int, pool_name: str, protocol: str, tmp: Path
+) -> dict:
+    """Alternate capacity and attacker runs `repeats` times; medians of rates and ratios."""
     pool = load_dataset(pool_name, size=512, image_size=32, seed=0)
-    payloads = [encode_image(pool.image(i)) for i in range(len(pool))]
-    capacity: list[float] = []
-    attacker: list[float] = []
+    if protocol == "v2":
+        requests = v2_requests(np.stack([pool.image(i) for i in range(len(pool))]), args.batch_size)
+    else:
+        requests = v1_requests(
+            [encode_image(pool.image(i)) for i in range(len(pool))], args.batch_size
+        )
+    capacity, attacker, ratios = [], [], []
+    cpu: dict[str, list[float]] = {"loadgen": [], "service_under_loadgen": [], "attacker": [],
+                                   "service_under_attacker": []}  # fmt: skip
     for repeat in range(args.repeats):
+        service0, client0 = process_cpu_s(pid), self_cpu_s()
         load = asyncio.run(
             generate_load(
-                url, payloads, concurrency=args.concurrency,
-                images_per_request=args.batch_size, duration_s=args.duration,
+                url, concurrency=args.concurrency, images_per_request=args.batch_size,
+                duration_s=args.duration, requests=requests,
             )
         )  # fmt: skip
+        sent = max(load.sent, 1)
+        cpu["loadgen"].append((self_cpu_s() - client0) / sent * 1e6)
+        cpu["service_under_loadgen"].append((process_cpu_s(pid) - service0) / sent * 1e6)
         capacity.append(load.images_per_s)
         budget = max(args.batch_size * args.concurrency, int(load.images_per_s * args.duration))
         config = QueryConfig(
-            url=url, pool=pool_name, budget=budget, db=tmp / f"{pool_name}-{repeat}.sqlite",
-            seed=repeat, concurrency=args.concurrency, batch_size=args.batch_size,
-            pool_size=budget, pool_image_size=32, progress=False,
+            url=url, pool=pool_name, budget=budget,
+            db=tmp / f"{pool_name}-{protocol}-{repeat}.sqlite", seed=repeat,
+            concurrency=args.concurrency, batch_size=args.batch_size, pool_size=budget,
+            pool_image_size=32, progress=False, protocol=protocol,
         )  # fmt: skip
+        service0, client0 = process_cpu_s(pid), self_cpu_s()
         result = run_query(config)
         if not result.complete:
             raise SystemExit(f"attacker run {repeat} on {pool_name} did not complete")
+        requests_sent = max(result.stats.requests, 1)
+        cpu["attacker"].append((self_cpu_s() - client0) / requests_sent * 1e6)
+        cpu["service_under_attacker"].append((process_cpu_s(pid) - service0) / requests_sent * 1e6)
         attacker.append(result.images_per_s)
+        ratios.append(result.images_per_s / load.images_per_s)
         print(
-            f"{pool_name} repeat {repeat}: service {load.images_per_s:.0f} img/s "
+            f"{pool_name} {protocol} repeat {repeat}: service {load.images_per_s:.0f} img/s "
             f"(errors {load.errors}), attacker {result.images_per_s:.0f} img/s "
             f"({budget} images in {result.seconds:.2f} s)",
             file=sys.stderr,
         )
-    service_rate, attacker_rate = statistics.median(capacity), statistics.median(attacker)
     return {
-        "attacker_vs_service_capacity": attacker_rate / service_rate,
-        "attacker_images_per_s": attacker_rate,
-        "service_images_per_s": service_rate,
-        "samples": {"service_images_per_s": capacity, "attacker_images_per_s": attacker},
+        "attacker_vs_service_capacity": statistics.median(ratios),
+        "attacker_images_per_s": statistics.median(attacker),
+        "service_images_per_s": statistics.median(capacity),
+        "cpu_us_per_request": {k: statistics.median(v) for k, v in cpu.items()},
+        "samples": {
+            "service_images_per_s": capacity,
+            "attacker_images_per_s": attacker,
+            "ratios": ratios,
+        },
     }
 
 
@@ -79,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="the service's device")
@@ -87,22 +119,35 @@ def main(argv: list[str] | None = None) -> dict:
         "--pools", default="noise,natural",
         help="comma-separated pools; the headline figures are the first one's",
     )  # fmt: skip
+    parser.add_argument(
+        "--protocols", default="v1,v2", help="comma-separated; the headline is the first one's"
+    )
     args = parser.parse_args(argv)
     pools = [p for p in args.pools.split(",") if p]
+    protocols = [p for p in args.protocols.split(",") if p]
 
     with tempfile.TemporaryDirectory(prefix="attack-bench-") as tmp:
         checkpoint = throwaway_victim(Path(tmp) / "victim.pt")
         env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": args.device}
-        with service_process(env) as (url, _process):
-            by_pool = {name: measure(args, url, name, Path(tmp)) for name in pools}
+        with service_process(env, ready_timeout=300) as (url, process):
+            by_protocol = {
+                protocol: {
+                    name: measure(args, url, process.pid, name, protocol, Path(tmp))
+                    for name in pools
+                }
+                for protocol in protocols
+            }
+    by_pool = by_protocol[protocols[0]]
     headline = by_pool[pools[0]]
     out = {
         "attacker_vs_service_capacity": headline["attacker_vs_service_capacity"],
         "attacker_images_per_s": headline["attacker_images_per_s"],
         "service_images_per_s": headline["service_images_per_s"],
         "pool": pools[0],
+        "protocol": protocols[0],
         "target": TARGET,
         "by_pool": by_pool,
+        "by_protocol": by_protocol,
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
         "duration_s": args.duration,
@@ -110,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "victim": "cnn9 random init, 32x32, 10 classes",
         "device": args.device,
         "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     text = json.dumps(out, indent=2)

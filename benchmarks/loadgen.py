@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from attacker.client import multipart_body
+from attacker.inference_v2 import infer_body, read_metadata
+
+Request = tuple[str, bytes, dict[str, str]]
+"""(path, body, headers) of one POST."""
 
 
 @dataclass
@@ -27,6 +32,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    sent: int = 0
+    """Every request answered, warm-up and edges included (the denominator of CPU costs)."""
 
 
 class _Connection:
@@ -38,12 +45,13 @@ class _Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes, content_type: str) -> int:
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {content_type}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{extra}"
             f"Content-Length: {len(body)}\r\n{self.extra}\r\n"
         )
         self.writer.write(head.encode() + body)
@@ -65,40 +73,77 @@ class _Connection:
             self.writer = self.reader = None
 
 
+def v1_requests(payloads: list[bytes], images_per_request: int) -> Callable[[int], Request]:
+    """/v1/predict multipart requests of `images_per_request` encoded images from index i."""
+
+    def make(i: int) -> Request:
+        chosen = [payloads[(i + k) % len(payloads)] for k in range(images_per_request)]
+        body, content_type = multipart_body(chosen)
+        return "/v1/predict", body, {"Content-Type": content_type}
+
+    return make
+
+
+def v2_requests(
+    images: np.ndarray, images_per_request: int, model: str = "victim", binary: bool = True
+) -> Callable[[int], Request]:
+    """/v2 infer requests: UINT8 NHWC tensors (binary extension by default), probabilities."""
+    side = images.shape[1]
+    metadata = {
+        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, side, side, 3]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 1]}],
+    }
+    meta = read_metadata(model, metadata, images_per_request)
+
+    def make(i: int) -> Request:
+        rows = [(i + k) % len(images) for k in range(images_per_request)]
+        body, headers = infer_body(meta, images[rows], binary)
+        return f"/v2/models/{model}/infer", body, headers
+
+    return make
+
+
 async def generate_load(
     url: str,
-    payloads: list[bytes],
+    payloads: list[bytes] | None = None,
     *,
     concurrency: int,
     images_per_request: int,
     duration_s: float = 3.0,
     warmup_s: float = 0.5,
     headers: dict[str, str] | None = None,
+    requests: Callable[[int], Request] | None = None,
 ) -> LoadResult:
-    """`concurrency` workers each send requests of `images_per_request` PNGs back to back.
+    """`concurrency` workers each send requests of `images_per_request` images back to back.
 
-    Only requests that start after the warm-up and finish before the deadline are counted.
+    `requests(i)` builds the request starting at image i (default: /v1 multipart PNGs of
+    `payloads`). Only requests that start after the warm-up and finish before the deadline
+    are counted.
     """
+    if requests is None:
+        assert payloads is not None, "give payloads or a request factory"
+        requests = v1_requests(payloads, images_per_request)
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     latencies: list[float] = []
     errors = 0
     images = 0
+    sent = 0
     loop_start = time.perf_counter()
     start, deadline = loop_start + warmup_s, loop_start + warmup_s + duration_s
 
     async def worker(w: int) -> None:
-        nonlocal errors, images
+        nonlocal errors, images, sent
         connection = _Connection(host, port, headers or {})
         i = w * images_per_request
         try:
             while time.perf_counter() < deadline:
-                chosen = [payloads[(i + k) % len(payloads)] for k in range(images_per_request)]
-                body, content_type = multipart_body(chosen)
+                path, body, request_headers = requests(i)
                 i += images_per_request * concurrency
                 t0 = time.perf_counter()
-                status = await connection.post("/v1/predict", body, content_type)
+                status = await connection.post(path, body, request_headers)
                 t1 = time.perf_counter()
+                sent += 1
                 if t0 >= start and t1 <= deadline:
                     if status == 200:
                         latencies.append(t1 - t0)
@@ -118,4 +163,5 @@ async def generate_load(
         p50_ms=float(np.percentile(lat, 50)),
         p99_ms=float(np.percentile(lat, 99)),
         errors=errors,
+        sent=sent,
     )

@@ -1,80 +1,189 @@
 """Serving throughput: HTTP images/s against the same model's in-process batched forward pass.
 
-    python -m benchmarks.serve --json out.json
+    python -m benchmarks.serve --json out.json [--repeats 5] [--seconds 3]
 
-Starts the service as a separate process on loopback (a 32x32 cnn9 victim), drives it with the
-closed-loop load generator at concurrency 1, 16 and 64 with 1- and 32-image requests, micro-
-batching on and off, and divides by the in-process capacity measured in the same run.
+Starts the service as separate processes on loopback (a 32x32 cnn9 victim): the default stack
+(uvicorn with uvloop and httptools, orjson) with micro-batching on, the same with batching off,
+and the plain stack (`UVICORN_LOOP=asyncio UVICORN_HTTP=h11`) to measure what uvloop and
+httptools bring. Each repeat runs, one after the other, the in-process batched forward pass
+and 32-image requests at concurrency 16 on `/v1/predict` (multipart PNG) and on the v2 binary
+tensor path (UINT8, no image decoding) and on the plain stack: the headline ratios are the
+medians of the per-repeat ratios, so that every ratio compares runs taken seconds apart.
+CPU seconds per request are read from /proc for the service and from getrusage for the load
+generator. On a machine shared with other work the absolute figures move; the ratios less so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 
 from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
-from benchmarks.loadgen import generate_load
+from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from shared.checkpoint import load_checkpoint
 from shared.pipeline import Blackbox
 from victim_service.launch import service_process
 
+TARGETS = {"http_batch32_c16_vs_inprocess": 0.8, "single_c64_microbatch_vs_off": 3.0}
 
-def inprocess_capacity(checkpoint: Path, batch: int = 128, seconds: float = 3.0) -> float:
-    """Images/s of the pipeline's batched forward pass: the machine's limit for this model."""
-    model, card = load_checkpoint(checkpoint)
-    box = Blackbox(model, card.input_size, amp=True)
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def inprocess_capacity(box: Blackbox, batch: int = 128, seconds: float = 3.0) -> dict:
+    """Images/s of the pipeline's batched forward pass (the machine's limit for this model)."""
     images = sample_images(batch)
     box.answer(images)
-    done, start = 0, time.perf_counter()
+    done, cpu0, start = 0, self_cpu_s(), time.perf_counter()
     while time.perf_counter() - start < seconds:
         box.answer(images)
         done += batch
-    return done / (time.perf_counter() - start)
+    elapsed, cpu = time.perf_counter() - start, self_cpu_s() - cpu0
+    return {"images_per_s": done / elapsed, "cpu_us_per_image": cpu / done * 1e6}
+
+
+def load_point(url: str, pid: int, requests, per_request: int, concurrency: int, seconds: float):
+    """One closed-loop load run, with the CPU each side spent per request."""
+    service0, client0 = process_cpu_s(pid), self_cpu_s()
+    r = asyncio.run(
+        generate_load(url, concurrency=concurrency, images_per_request=per_request,
+                      duration_s=seconds, requests=requests)
+    )  # fmt: skip
+    sent = max(r.sent, 1)
+    return {
+        "images_per_s": r.images_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+        "errors": r.errors,
+        "service_cpu_us_per_request": (process_cpu_s(pid) - service0) / sent * 1e6,
+        "loadgen_cpu_us_per_request": (self_cpu_s() - client0) / sent * 1e6,
+    }  # fmt: skip
+
+
+def encoder_us(repeats: int = 2000) -> dict:
+    """Encoding one 32-image probabilities answer: the standard library vs orjson (µs)."""
+    body = {"output": "probs", "predictions": [{"probabilities": [0.1] * 10}] * 32}
+    out = {}
+    for name, dumps in (("json", lambda b: json.dumps(b).encode()), ("orjson", orjson.dumps)):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            dumps(body)
+        out[name] = (time.perf_counter() - start) / repeats * 1e6
+    return out
+
+
+def _median(samples: list[dict], key: str) -> float:
+    return statistics.median(s[key] for s in samples)
 
 
 def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
     seconds: float = 3.0,
+    repeats: int = 5,
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = throwaway_victim(Path(tmp) / "victim.pt")
-        payloads = sample_payloads(512)
-        results: dict = {"model": "cnn9 (32x32, 10 classes)", "seconds_per_point": seconds}
-        results["inprocess_images_per_s"] = inprocess_capacity(checkpoint, seconds=seconds)
-        points = {}
-        for batching, wait_ms in (("microbatch", "2"), ("off", "0")):
-            env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_BATCH_MAX_WAIT_MS": wait_ms,
-                   "VICTIM_MAX_IMAGES": "64"}  # fmt: skip
-            with service_process(env) as (url, _):
-                for per_request in (1, 32):
-                    for concurrency in (1, 16, 64):
-                        r = asyncio.run(
-                            generate_load(url, payloads, concurrency=concurrency,
-                                          images_per_request=per_request, duration_s=seconds)
-                        )  # fmt: skip
-                        shape = "single" if per_request == 1 else "batch32"
-                        key = f"{shape}_c{concurrency}_{batching}"
-                        points[key] = {"images_per_s": r.images_per_s, "p50_ms": r.p50_ms,
-                                       "p99_ms": r.p99_ms, "errors": r.errors}  # fmt: skip
-                        print(f"{key:28s} {r.images_per_s:9.0f} img/s  p50 {r.p50_ms:7.1f} ms  "
-                              f"p99 {r.p99_ms:7.1f} ms", flush=True)  # fmt: skip
-        results["points"] = points
-        inproc = results["inprocess_images_per_s"]
-        results["http_batch32_c16_vs_inprocess"] = (
-            points["batch32_c16_microbatch"]["images_per_s"] / inproc
-        )
-        results["single_c64_microbatch_vs_off"] = points["single_c64_microbatch"][
-            "images_per_s"
-        ] / max(points["single_c64_off"]["images_per_s"], 1e-9)
-        results["p99_ms_single_c1"] = points["single_c1_microbatch"]["p99_ms"]
-        results["targets"] = {"http_batch32_c16_vs_inprocess": 0.8,
-                              "single_c64_microbatch_vs_off": 3.0}  # fmt: skip
-        write_json(json_out, results)
+        payloads, images = sample_payloads(512), sample_images(512)
+        model, card = load_checkpoint(checkpoint)
+        box = Blackbox(model, card.input_size, amp=True)
+        base = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_MAX_IMAGES": "64"}
+        plain = {**base, "UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}
+        shapes = {
+            "v1": v1_requests(payloads, 32),
+            "v2_binary": v2_requests(images, 32),
+        }
+        samples: dict[str, list[dict]] = {"inprocess": [], "v1": [], "v2_binary": [],
+                                          "v1_plain_stack": []}  # fmt: skip
+        with (
+            service_process(base, ready_timeout=300) as (url, proc),
+            service_process(plain, ready_timeout=300) as (plain_url, plain_p),
+        ):
+            for repeat in range(repeats):
+                samples["inprocess"].append(inprocess_capacity(box, seconds=seconds))
+                for name, make in shapes.items():
+                    samples[name].append(load_point(url, proc.pid, make, 32, 16, seconds))
+                samples["v1_plain_stack"].append(
+                    load_point(plain_url, plain_p.pid, shapes["v1"], 32, 16, seconds)
+                )
+                line = "  ".join(f"{k} {v[-1]['images_per_s']:.0f}" for k, v in samples.items())
+                print(f"repeat {repeat}: {line} img/s", flush=True)
+            single = {
+                "single_c1_microbatch": load_point(
+                    url, proc.pid, v1_requests(payloads, 1), 1, 1, seconds
+                ),
+                "single_c64_microbatch": load_point(
+                    url, proc.pid, v1_requests(payloads, 1), 1, 64, seconds
+                ),
+            }
+        off = {**base, "VICTIM_BATCH_MAX_WAIT_MS": "0"}
+        with service_process(off, ready_timeout=300) as (url, proc):
+            single["single_c64_off"] = load_point(
+                url, proc.pid, v1_requests(payloads, 1), 1, 64, seconds
+            )
+
+    def ratios(name: str) -> list[float]:
+        return [
+            s["images_per_s"] / i["images_per_s"]
+            for s, i in zip(samples[name], samples["inprocess"], strict=True)
+        ]
+
+    inproc = samples["inprocess"]
+    points = {
+        name: {key: _median(values, key) for key in values[0]} for name, values in samples.items()
+    }
+    results = {
+        "model": "cnn9 (32x32, 10 classes, random init)",
+        "seconds_per_point": seconds,
+        "repeats": repeats,
+        "inprocess_images_per_s": _median(inproc, "images_per_s"),
+        "http_batch32_c16_vs_inprocess": statistics.median(ratios("v1")),
+        "v2_binary_batch32_c16_vs_inprocess": statistics.median(ratios("v2_binary")),
+        "plain_stack_batch32_c16_vs_inprocess": statistics.median(ratios("v1_plain_stack")),
+        "single_c64_microbatch_vs_off": single["single_c64_microbatch"]["images_per_s"]
+        / max(single["single_c64_off"]["images_per_s"], 1e-9),
+        "p99_ms_single_c1": single["single_c1_microbatch"]["p99_ms"],
+        "cpu_us_per_request": {
+            name: {
+                "service": points[name]["service_cpu_us_per_request"],
+                "loadgen": points[name]["loadgen_cpu_us_per_request"],
+            }
+            for name in ("v1", "v2_binary", "v1_plain_stack")
+        },
+        "model_cpu_us_per_32_images": points["inprocess"]["cpu_us_per_image"] * 32,
+        "json_encode_us_32_answers": encoder_us(),
+        "points": points,
+        "single_points": single,
+        "samples": {
+            "ratio_v1": ratios("v1"),
+            "ratio_v2_binary": ratios("v2_binary"),
+            "ratio_plain_stack": ratios("v1_plain_stack"),
+            **{f"{k}_images_per_s": [s["images_per_s"] for s in v] for k, v in samples.items()},
+        },
+        "targets": TARGETS,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(json_out, results)
 
 
 if __name__ == "__main__":
