@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -87,7 +88,8 @@ def measure(
         cpu["attacker"].append((self_cpu_s() - client0) / requests_sent * 1e6)
         cpu["service_under_attacker"].append((process_cpu_s(pid) - service0) / requests_sent * 1e6)
         attacker.append(result.images_per_s)
-        ratios.append(result.images_per_s / load.images_per_s)
+        # no request fit in the window (an overloaded machine): no ratio, not a division by 0
+        ratios.append(result.images_per_s / load.images_per_s if load.images_per_s else math.nan)
         print(
             f"{pool_name} {protocol} repeat {repeat}: service {load.images_per_s:.0f} img/s "
             f"(errors {load.errors}), attacker {result.images_per_s:.0f} img/s "

@@ -126,7 +126,9 @@ def _classification(rows: list[dict], k: int, num_classes: int) -> np.ndarray:
     return out
 
 
-def _outputs(rows: list[dict], plan: list, num_classes: int) -> list[OutTensor]:
+def _outputs(rows: list, plan: list, num_classes: int) -> list[OutTensor]:
+    # rows as /v1 writes them: dicts, or typed answers that know their /v1 wire form
+    rows = [row.to_wire() if hasattr(row, "to_wire") else row for row in rows]
     tensors = []
     for name, k, binary in plan:
         if name == "label":
