@@ -30,9 +30,10 @@ import typer
 
 from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
-from shared.checkpoint import load_checkpoint
 from shared.pipeline import Blackbox
+from victim_service.app import load_blackbox
 from victim_service.launch import service_process
+from victim_service.settings import VictimSettings
 
 TARGETS = {"http_batch32_c16_vs_inprocess": 0.8, "single_c64_microbatch_vs_off": 3.0}
 
@@ -103,8 +104,8 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = throwaway_victim(Path(tmp) / "victim.pt")
         payloads, images = sample_payloads(512), sample_images(512)
-        model, card = load_checkpoint(checkpoint)
-        box = Blackbox(model, card.input_size, amp=True)
+        # the service's own loading (channels-last weights, bf16 autocast where supported)
+        box = load_blackbox(VictimSettings(checkpoint=checkpoint))
         base = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_MAX_IMAGES": "64"}
         plain = {**base, "UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}
         shapes = {

@@ -36,6 +36,7 @@ from victim_service.batching import MicroBatcher
 from victim_service.errors import ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
 from victim_service.metrics import ServiceMetrics
+from victim_service.multipart import boundary_of, split_images
 from victim_service.settings import VictimSettings
 from victim_service.v2 import v2_router
 
@@ -322,6 +323,11 @@ async def read_payloads(request: Request, settings: VictimSettings) -> list[byte
 
 
 async def _read_multipart(request: Request, settings: VictimSettings) -> list[bytes]:
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    if boundary is not None:  # the fast path for well-formed bodies (victim_service.multipart)
+        parts = split_images(await request.body(), boundary, settings.max_images)
+        if parts is not None:
+            return [_checked_part(declared, data, i) for i, (declared, data) in enumerate(parts)]
     limit = settings.max_images * 4 + 16
     try:
         form = await request.form(max_files=limit, max_fields=limit)
@@ -337,17 +343,21 @@ async def _read_multipart(request: Request, settings: VictimSettings) -> list[by
     for position, part in enumerate(form.getlist("images")):
         if isinstance(part, str):
             raise ApiError(422, "not_a_file", "each 'images' part must be a file", position)
-        declared = (part.content_type or "application/octet-stream").lower()
-        if not declared.startswith(IMAGE_CONTENT_TYPES):
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"part declared as {declared!r}, not an image",
-                position,
-            )
-        payloads.append(await part.read())
+        payloads.append(_checked_part(part.content_type, await part.read(), position))
     await form.close()
     return payloads
+
+
+def _checked_part(declared: str | None, data: bytes, position: int) -> bytes:
+    declared = (declared or "application/octet-stream").lower()
+    if not declared.startswith(IMAGE_CONTENT_TYPES):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"part declared as {declared!r}, not an image",
+            position,
+        )
+    return data
 
 
 async def _read_json(request: Request) -> list[bytes]:
