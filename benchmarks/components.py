@@ -1,0 +1,103 @@
+"""CPU per 32-image request of each serving step, one at a time, in this process.
+
+    python -m benchmarks.components --json out.json
+
+CPU time (not wall time) of the steps the HTTP figures are made of: reading a multipart body
+(Starlette's parser vs the fast path), decoding 32 PNGs, reading a v2 binary tensor, encoding
+the JSON answer (standard library vs orjson), and the model's batched forward pass. CPU time
+moves less than throughput on a loaded machine, which makes these the figures to compare
+changes with when the machine is shared; they still grow under heavy contention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from starlette.requests import Request
+
+from attacker.client import multipart_body
+from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
+from benchmarks.loadgen import v2_requests
+from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
+from victim_service.app import decode_all, load_blackbox
+from victim_service.multipart import boundary_of, split_images
+from victim_service.settings import VictimSettings
+
+
+def cpu_us(fn, repeats: int) -> float:
+    fn()
+    start = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - start) / repeats * 1e6
+
+
+def _starlette_form(body: bytes, content_type: str):
+    async def parse():
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            chunk, sent = (b"" if sent else body), True
+            return {"type": "http.request", "body": chunk, "more_body": False}
+
+        headers = [(b"content-type", content_type.encode())]
+        request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+        form = await request.form(max_files=300, max_fields=300)
+        parts = [await p.read() for p in form.getlist("images")]
+        await form.close()
+        return parts
+
+    return asyncio.run(parse())
+
+
+def main(
+    json_out: Annotated[Path | None, typer.Option("--json")] = None, repeats: int = 200
+) -> None:
+    payloads = sample_payloads(32)
+    body, content_type = multipart_body(payloads)
+    _, v2_body, v2_headers = v2_requests(sample_images(64), 32)(0)
+    answer = {"output": "probs", "predictions": [{"probabilities": [0.1] * 10}] * 32}
+    empty_loop = cpu_us(lambda: asyncio.run(asyncio.sleep(0)), repeats)
+
+    def v2_read():
+        request, binary = parse_request(v2_body, v2_headers["Inference-Header-Content-Length"])
+        return decode_tensor(request.inputs[0], BinaryReader(binary))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        box = load_blackbox(VictimSettings(checkpoint=throwaway_victim(Path(tmp) / "v.pt")))
+        images = sample_images(32)
+        model_us = cpu_us(lambda: box.answer(images), max(repeats // 10, 5))
+    results = {
+        "cpu_us_per_32_image_request": {
+            "multipart_starlette": cpu_us(lambda: _starlette_form(body, content_type), repeats)
+            - empty_loop,
+            "multipart_fast_path": cpu_us(
+                lambda: split_images(body, boundary_of(content_type), 64), repeats
+            ),
+            "png_decode": cpu_us(lambda: decode_all(payloads, 1 << 24, 32), repeats),
+            "v2_binary_tensor_read": cpu_us(v2_read, repeats),
+            "json_encode_stdlib": cpu_us(lambda: json.dumps(answer).encode(), repeats),
+            "json_encode_orjson": cpu_us(lambda: orjson.dumps(answer), repeats),
+            "model_forward_and_pipeline": model_us,
+        },
+        "note": "multipart_starlette excludes the cost of asyncio.run itself "
+        f"({empty_loop:.0f} µs, measured the same way)",
+        "torch_threads": __import__("torch").get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(json_out, results)
+
+
+if __name__ == "__main__":
+    typer.run(main)
