@@ -96,8 +96,10 @@ def measure(
             f"({budget} images in {result.seconds:.2f} s)",
             file=sys.stderr,
         )
+    measured = [r for r in ratios if not math.isnan(r)]
     return {
-        "attacker_vs_service_capacity": statistics.median(ratios),
+        "attacker_vs_service_capacity": statistics.median(measured) if measured else None,
+        "repeats_without_capacity": len(ratios) - len(measured),
         "attacker_images_per_s": statistics.median(attacker),
         "service_images_per_s": statistics.median(capacity),
         "cpu_us_per_request": {k: statistics.median(v) for k, v in cpu.items()},
