@@ -1,4 +1,4 @@
-"""`scenarios`: what drives the victim service and the attacker together (`demo`)."""
+"""`scenarios`: what drives the victim service and the attacker together (demo, experiments)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,31 @@ def demo(
         seed=seed, out=out,
     )  # fmt: skip
     run_demo(config, say=typer.echo)
+
+
+@app.command()
+@friendly
+def run(
+    name: str = typer.Argument(..., help="Experiment name (see `scenarios experiments`)"),
+    quick: bool = typer.Option(False, help="Embedded data and a small budget: minutes on a CPU"),
+    out: Path | None = typer.Option(None, help="Results folder [default: results/<name>]"),
+) -> None:
+    """Run one experiment: <out>/results.json, then results.md and results.png from it."""
+    from scenarios.experiments.registry import default_out, get
+
+    experiment = get(name)
+    folder = out or default_out(name)
+    results = experiment.run(folder, quick=quick, say=typer.echo)
+    typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
+
+
+@app.command()
+def experiments() -> None:
+    """List the experiments."""
+    from scenarios.experiments.registry import experiment_names, get
+
+    for name in experiment_names():
+        typer.echo(f"{name}: {get(name).description}")
 
 
 @app.callback()

@@ -1,0 +1,70 @@
+"""The experiments package: the registry, the CLI, and `granularity --quick` end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from scenarios.cli import app
+from scenarios.experiments import granularity
+from scenarios.experiments.cache import cached_path, config_hash
+from scenarios.experiments.report import render
+
+
+def test_config_hash_is_stable_and_order_free():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):
+    listed = CliRunner().invoke(app, ["experiments"])
+    assert listed.exit_code == 0 and "granularity" in listed.output
+    result = CliRunner().invoke(app, ["run", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.timeout(1800)
+def test_granularity_quick_through_the_real_service(victim_checkpoint, tmp_path, monkeypatch):
+    """Six settings, one budget, the real service for each; probabilities beat labels."""
+    monkeypatch.chdir(tmp_path)  # the cache is runs/cache under the working folder
+    recipe = granularity.victim_recipe(granularity.QUICK)
+    shutil.copy(victim_checkpoint, cached_path("victims", recipe, ".pt"))  # same recipe
+    lines: list[str] = []
+    out = tmp_path / "results" / "granularity"
+    results = granularity.run(out, quick=True, say=lines.append)
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["experiment"] == "granularity" and saved["quick"] and saved["seed"] == 0
+    rows = {row["setting"]: row for row in saved["rows"]}
+    assert list(rows) == [s.name for s in granularity.SETTINGS]
+    assert saved["victim_accuracy"] > 0.9
+    for row in rows.values():
+        assert row["queries"] == granularity.QUICK.budget
+        assert 0.0 <= row["knockoff_accuracy"] <= 1.0 and 0.0 <= row["agreement"] <= 1.0
+        assert 0.0 <= row["recovery"] <= 1.5 and row["seconds"] > 0
+    probs, label = rows["probabilities"], rows["label only"]
+    assert probs["agreement"] > label["agreement"], rows
+    assert probs["agreement"] > 0.3, rows  # the knockoff learned: 3x a 10-class guess
+    table = (out / "results.md").read_text()
+    assert all(name in table for name in rows)
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # cached by configuration: a rerun needs no service and gives the same figures
+    def no_service(*args, **kwargs):
+        raise AssertionError("a cached rerun must not query again")
+
+    monkeypatch.setattr(granularity, "service_process", no_service)
+    again = granularity.run(out, quick=True, say=lines.append)
+    assert [r["agreement"] for r in again["rows"]] == [r["agreement"] for r in saved["rows"]]
+
+    # the table and the figure come from results.json alone (the rerun rewrote them)
+    table = (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    (out / "results.png").unlink()
+    render(out / "results.json")
+    assert (out / "results.md").read_text() == table and (out / "results.png").exists()
