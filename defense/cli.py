@@ -10,6 +10,7 @@ import typer
 
 from shared.cli import friendly
 from shared.errors import TestbedError
+from shared.transforms import DEFAULT_ATTACK_TRANSFORMS
 
 app = typer.Typer(
     help="The victim owner's defenses against model extraction.",
@@ -36,7 +37,11 @@ def train_ood_command(
     in_dataset: Annotated[str, typer.Option(help="the victim's data, e.g. cifar10-jpeg")],
     out_dataset: Annotated[str, typer.Option(help="other natural images")],
     backbone: Annotated[
-        str, typer.Option(help="victim:<checkpoint> | torchvision:<arch> | scratch:<arch>")
+        str,
+        typer.Option(
+            help="victim:<checkpoint> | torchvision:<arch>[:<weights file>] | scratch:<arch> "
+            "| defender:<arch>"
+        ),
     ],
     out: Annotated[Path, typer.Option(help="where to write the filter artefact")] = Path(
         "runs/ood.pt"
@@ -50,6 +55,11 @@ def train_ood_command(
     in_size: Annotated[int | None, typer.Option(help="images of a generated in-pool")] = None,
     out_size: Annotated[int | None, typer.Option(help="images of a generated out-pool")] = None,
     scratch_epochs: int = 6,
+    pretrain_epochs: Annotated[int, typer.Option(help="epochs of a defender: backbone")] = 8,
+    encodings: Annotated[
+        bool, typer.Option(help="randomly re-encode every image (JPEG 30-95, resize chains)")
+    ] = True,
+    variants: Annotated[int, typer.Option(min=1, help="encoded copies per training image")] = 2,
     torchvision_size: Annotated[int, typer.Option(help="input side of a torchvision net")] = 224,
     seed: int = 0,
     device: str = "auto",
@@ -61,7 +71,8 @@ def train_ood_command(
     report = train_ood(
         in_dataset, out_dataset, backbone, out, target_tnr=target_tnr, image_size=image_size,
         holdout=holdout, folds=folds, in_size=in_size, out_size=out_size,
-        scratch_epochs=scratch_epochs, torchvision_size=torchvision_size, seed=seed,
+        scratch_epochs=scratch_epochs, pretrain_epochs=pretrain_epochs, encodings=encodings,
+        variants=variants, torchvision_size=torchvision_size, seed=seed,
         device=resolve_device(device),
     )  # fmt: skip
     meta = report.filter.meta
@@ -84,19 +95,37 @@ def evaluate_ood_command(
         "tiny-imagenet-attacker"
     ),
     attack_limit: Annotated[int, typer.Option(help="attack images sampled (0 = all)")] = 10_000,
+    in_limit: Annotated[int, typer.Option(help="benign test images sampled (0 = all)")] = 0,
     attack_split: str = "train",
+    attack_transform: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="how the attacker encodes its queries (repeatable): none, png, jpeg:<quality>, "
+            "resize:<px>, blur:<sigma>, match-in [default: all of "
+            + ", ".join(DEFAULT_ATTACK_TRANSFORMS)
+            + "]"
+        ),
+    ] = None,
+    baselines: Annotated[bool, typer.Option(help="also score MSP, ODIN, ... on the victim")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write the tables here")] = None,
     seed: int = 0,
     device: str = "auto",
 ) -> None:
-    """TPR/TNR/AUROC/FPR@95TPR of the filter beside MSP, ODIN, Mahalanobis and energy."""
-    from defense.evaluate import evaluate_ood, ood_markdown
+    """TPR/TNR/AUROC/FPR@95TPR of the filter per attacker transform and in the worst case,
+    beside max softmax, ODIN, Mahalanobis, energy and kNN."""
+    from defense.ood_eval import evaluate_ood, ood_markdown
     from shared.device import resolve_device
+    from shared.transforms import parse_transform
 
+    transforms = list(attack_transform or DEFAULT_ATTACK_TRANSFORMS)
+    for spec in transforms:  # a bad spec fails before any data or model is read
+        parse_transform(spec)
     result = evaluate_ood(
-        detector, victim, in_dataset, attack_pool, attack_limit=attack_limit or None,
-        attack_split=attack_split, seed=seed, device=resolve_device(device),
+        detector, victim, in_dataset, attack_pool, transforms=transforms,
+        attack_limit=attack_limit or None, in_limit=in_limit or None,
+        attack_split=attack_split, baselines=baselines, seed=seed,
+        device=resolve_device(device),
     )  # fmt: skip
     table = ood_markdown(result)
     typer.echo(table)

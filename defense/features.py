@@ -6,8 +6,15 @@ feed the filter's logistic regression. Spec strings say where it comes from:
 - `victim:<checkpoint>`: the victim's own penultimate features (the owner has the victim);
 - `torchvision:<arch>`: ImageNet weights through torchvision's weights API (the paper's choice;
   needs the weights file in torch's hub cache when offline);
+- `torchvision:<arch>:<file>`: the same with weights from a local file (the user's own copy);
 - `scratch:<arch>`: a small net trained from scratch on the in/out binary task (the paper's
-  RN18/RN34-from-scratch rows).
+  RN18/RN34-from-scratch rows); it learns whatever separates the two sources, artefacts
+  included;
+- `defender:<arch>`: a net the defender pretrains from scratch on data it owns, supervised on
+  the in-distribution's classes together with the out-distribution's own classes (for CIFAR-10:
+  its 10 classes + tiny-imagenet-defender's 200), every image randomly re-encoded
+  (`shared.transforms.random_encoding`). It stands in for the paper's ImageNet backbone,
+  which cannot be downloaded here, and never sees the attacker's pool.
 
 A backbone travels as a plain dict (`arch`, `num_classes`, `mean`, `std`, `state_dict`, ...) so
 the filter artefact is self-contained and loads with `torch.load(weights_only=True)`.
@@ -28,11 +35,11 @@ from tqdm.auto import tqdm
 from shared.checkpoint import load_checkpoint
 from shared.device import autocast
 from shared.errors import TestbedError
-from shared.models import Classifier, create_model
+from shared.models import IMAGENET_MEAN, IMAGENET_STD, Classifier, create_model
 from shared.paths import data_settings
 from shared.training import TrainConfig, fit, to_tensor
 
-BACKBONE_KINDS = ("victim", "torchvision", "scratch")
+BACKBONE_KINDS = ("victim", "torchvision", "scratch", "defender")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -41,7 +48,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if not sep or kind not in BACKBONE_KINDS or not value:
         raise TestbedError(
             f"backbone {spec!r} is not understood; use victim:<checkpoint>, "
-            "torchvision:<arch> (e.g. torchvision:resnet18) or scratch:<arch> (e.g. scratch:cnn9)"
+            "torchvision:<arch>[:<weights file>] (e.g. torchvision:resnet18), scratch:<arch> "
+            "(e.g. scratch:cnn9) or defender:<arch> (e.g. defender:cnn9)"
         )
     return kind, value
 
@@ -115,9 +123,15 @@ def victim_backbone(path: str | Path, device: torch.device | str = "cpu") -> Bac
 def torchvision_backbone(
     arch: str, input_size: int = 224, device: torch.device | str = "cpu"
 ) -> Backbone:
-    """ImageNet-pretrained torchvision net; TestbedError (from create_model) when offline."""
-    model = create_model(arch, 1000, weights="imagenet")
-    return Backbone(model.to(device), f"torchvision:{arch}", input_size, arch=arch)
+    """ImageNet-pretrained torchvision net, `arch` or `arch:<weights file>`.
+
+    Without a file the weights come through torchvision's weights API (TestbedError from
+    create_model when offline and not in the hub cache); with one, from that local state dict.
+    """
+    name, _, weights_file = arch.partition(":")
+    weights = weights_file or "imagenet"
+    model = create_model(name, 1000, weights=weights, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return Backbone(model.to(device), f"torchvision:{arch}", input_size, arch=name)
 
 
 def scratch_backbone(
@@ -151,6 +165,40 @@ def scratch_backbone(
     )  # fmt: skip
     fit(model, x, y, loss_fn, config, device)
     return Backbone(model.eval(), f"scratch:{arch}", x_in.shape[1], arch=arch)
+
+
+def defender_backbone(
+    arch: str,
+    x_in: np.ndarray,
+    y_in: np.ndarray,
+    x_out: np.ndarray,
+    y_out: np.ndarray,
+    *,
+    epochs: int = 8,
+    batch_size: int = 256,
+    lr: float = 0.2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Backbone:
+    """Supervised pretraining on the defender's own data: in-classes, then out-classes.
+
+    `x_in`/`x_out` are already at the filter's side (and randomly encoded by the caller, one
+    or more copies per image); labels are the two datasets' own classes, the out-dataset's
+    shifted after the in-dataset's. The net learns what the images show, not where they come
+    from: both sources are re-encoded the same random ways.
+    """
+    device = torch.device(device)
+    n_in = int(y_in.max()) + 1
+    x = to_tensor(np.concatenate([x_in, x_out]))
+    y = torch.from_numpy(np.concatenate([y_in, y_out + n_in]).astype(np.int64))
+    model = create_model(arch, int(y.max()) + 1)
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        pad=max(1, x_in.shape[1] // 8), flip=True, description=f"defender {arch} pretraining",
+    )  # fmt: skip
+    fit(model, x, y, F.cross_entropy, config, device)
+    return Backbone(model.eval(), f"defender:{arch}", x_in.shape[1], arch=arch)
 
 
 def embed_arrays(

@@ -12,6 +12,7 @@ Serving: `defense/defenses/ood_filter.py` (the registered `ood` defense).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,19 @@ import torch
 from defense.features import (
     Backbone,
     cached_features,
+    defender_backbone,
+    embed_arrays,
     parse_spec,
     scratch_backbone,
     torchvision_backbone,
     victim_backbone,
 )
-from shared.datasets import load_dataset
+from shared.datasets import ImageDataset, load_dataset
 from shared.errors import TestbedError
+from shared.imaging import resize
+from shared.paths import data_settings
 from shared.safeload import load_weights_only
+from shared.transforms import random_encodings
 
 FORMAT = "ood-filter/1"
 
@@ -59,6 +65,10 @@ class OODFilter:
     def score_images(self, x: torch.Tensor) -> np.ndarray:
         """P(out) for a float [0, 1] batch (B, 3, H, W) at any size."""
         return self.score_features(self.backbone.embed(x))
+
+    def score_images_uint8(self, images: np.ndarray) -> np.ndarray:
+        """P(out) for a uint8 (N, H, W, 3) array, in batches."""
+        return self.score_features(embed_arrays(self.backbone, images, progress=False))
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         return scores > self.threshold
@@ -166,6 +176,33 @@ class TrainReport:
     seconds: float
 
 
+def native_arrays(dataset: ImageDataset, size: int, indices: list[int] | None = None) -> np.ndarray:
+    """The images (all, or `indices`) at their own side: the first image's, at least `size`,
+    at most 4x `size`.
+
+    Encodings and attacker transforms start from the source image, as they would in the wild;
+    a 64-px Tiny-ImageNet file is not first squeezed to the victim's 32 px.
+    """
+    side = int(max(dataset.image(0).shape[:2])) if len(dataset) else size
+    return dataset.arrays(min(max(side, size), 4 * size), indices)
+
+
+def encoded(
+    images: np.ndarray, size: int, key: str, seed: int, progress: bool = True
+) -> np.ndarray:
+    """`random_encodings` of `images`, cached on disk under `key` (they take a minute at 50k)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    path = data_settings().cache_dir / "encodings" / f"{safe}-{size}-s{seed}-{len(images)}.npy"
+    if path.exists():
+        return np.load(path)
+    out = random_encodings(images, size, seed, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out
+
+
 def train_ood(
     in_dataset: str,
     out_dataset: str,
@@ -179,6 +216,9 @@ def train_ood(
     in_size: int | None = None,
     out_size: int | None = None,
     scratch_epochs: int = 6,
+    pretrain_epochs: int = 8,
+    encodings: bool = True,
+    variants: int = 2,
     torchvision_size: int = 224,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -189,6 +229,9 @@ def train_ood(
     `image_size` is the side the service feeds the filter (the victim's input size; for a
     `victim:` backbone it is taken from the checkpoint). `in_size`/`out_size` set how many
     images the generated pools make (`natural`, `noise`); file datasets keep all their images.
+    With `encodings` (the default) every image, in and out, is randomly re-encoded
+    (`shared.transforms.random_encoding`) before anything sees it: `variants` copies each for a
+    backbone trained here, one for the regression, fresh ones for the held-out threshold.
     """
     start = time.perf_counter()
     kind, value = parse_spec(backbone)
@@ -202,31 +245,62 @@ def train_ood(
     image_size = image_size or 32
     in_set = load_dataset(in_dataset, "train", size=in_size, image_size=image_size, seed=seed)
     out_set = load_dataset(out_dataset, "train", size=out_size, image_size=image_size, seed=seed)
-    x_in, x_out = in_set.arrays(image_size), out_set.arrays(image_size)
+    raw_in, raw_out = native_arrays(in_set, image_size), native_arrays(out_set, image_size)
     rng = np.random.default_rng(seed)
-    in_fit, in_hold = _split(len(x_in), holdout, rng)
-    out_fit, out_hold = _split(len(x_out), holdout, rng)
-    if kind == "scratch":
-        net = scratch_backbone(
-            value, x_in[in_fit], x_out[out_fit], epochs=scratch_epochs, seed=seed,
-            device=device, progress=progress,
-        )  # fmt: skip
+    in_fit, in_hold = _split(len(raw_in), holdout, rng)
+    out_fit, out_hold = _split(len(raw_out), holdout, rng)
+    names = {"in": in_dataset, "out": out_dataset}
+    raws = {"in": raw_in, "out": raw_out}
+
+    def view(which: str, copy: int, index: np.ndarray | None = None) -> np.ndarray:
+        """One side's images (all, or `index`) at `image_size`: randomly encoded (`copy` seeds
+        the draw) or plainly resized."""
+        images = raws[which] if index is None else raws[which][index]
+        if not encodings:
+            return np.stack([resize(im, image_size) for im in images])
+        key = f"{names[which]}-train-enc"
+        if index is not None:
+            key += f"-{len(index)}of{len(raws[which])}"
+        return encoded(images, image_size, key, seed * 1000 + copy, progress=progress)
+
+    copies = {w: [view(w, c) for c in range(max(1, variants) if encodings else 1)] for w in raws}
+    if kind in ("scratch", "defender"):
+        xi = np.concatenate([c[in_fit] for c in copies["in"]])
+        xo = np.concatenate([c[out_fit] for c in copies["out"]])
+        if kind == "scratch":
+            net = scratch_backbone(
+                value, xi, xo, epochs=scratch_epochs, seed=seed, device=device,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            reps = len(copies["in"])
+            yi = np.tile(np.asarray(in_set.targets)[in_fit], reps)
+            yo = np.tile(np.asarray(out_set.targets)[out_fit], reps)
+            net = defender_backbone(
+                value, xi, yi, xo, yo, epochs=pretrain_epochs, seed=seed, device=device,
+                progress=progress,
+            )  # fmt: skip
     assert net is not None
 
-    def feats(name: str, images: np.ndarray, split: str) -> np.ndarray:
-        key = f"{name}-train-{image_size}-s{seed}-{split}-h{holdout}"
+    def feats(which: str, images: np.ndarray, tag: str) -> np.ndarray:
+        key = f"{names[which]}-train-{image_size}-s{seed}-{tag}-e{int(encodings)}"
         return cached_features(net, key, images, progress=progress)
 
-    f_in = feats(in_dataset, x_in, "all")
-    f_out = feats(out_dataset, x_out, "all")
+    f_in = feats("in", copies["in"][0], "fit")
+    f_out = feats("out", copies["out"][0], "fit")
     mean, scale, coef, intercept, info = fit_logistic(
         f_in[in_fit], f_out[out_fit], folds=folds, seed=seed
     )
     ood = OODFilter(net, mean, scale, coef, intercept, threshold=0.5)
-    threshold = threshold_for_tnr(ood.score_features(f_in[in_hold]), target_tnr)
+    # the threshold: held-out in-distribution images, re-encoded afresh (the same random ways)
+    hold_in, hold_out = view("in", 999, in_hold), view("out", 999, out_hold)
+    s_hold_in = ood.score_features(feats("in", hold_in, "hold"))
+    threshold = threshold_for_tnr(s_hold_in, target_tnr)
     ood.threshold = threshold
-    heldout_tnr = float(np.mean(~ood.flag(ood.score_features(f_in[in_hold]))))
-    heldout_tpr = float(np.mean(ood.flag(ood.score_features(f_out[out_hold]))))
+    heldout_tnr = float(np.mean(~ood.flag(s_hold_in)))
+    heldout_tpr = float(np.mean(ood.flag(ood.score_features(feats("out", hold_out, "hold")))))
+    plain_in = np.stack([resize(im, image_size) for im in raw_in[in_hold]])
+    plain_tnr = float(np.mean(~ood.flag(ood.score_images_uint8(plain_in))))
     ood.meta = {
         "in_dataset": in_dataset,
         "out_dataset": out_dataset,
@@ -234,14 +308,18 @@ def train_ood(
         "image_size": image_size,
         "target_tnr": target_tnr,
         "holdout": holdout,
+        "encodings": encodings,
+        "variants": variants if encodings else 1,
         "n_in_fit": int(len(in_fit)),
         "n_out_fit": int(len(out_fit)),
         "n_in_holdout": int(len(in_hold)),
         "n_out_holdout": int(len(out_hold)),
         "heldout_tnr": heldout_tnr,
         "heldout_tpr": heldout_tpr,
+        "heldout_tnr_unencoded": plain_tnr,
         "seed": seed,
         "logistic": info,
+        "train_seconds": time.perf_counter() - start,
         "created_at": time.time(),
     }
     path = ood.save(out)

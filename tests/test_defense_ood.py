@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from defense.baselines import KNN
 from defense.evaluate import detection_metrics, evaluate_ood, ood_markdown
 from defense.features import parse_spec
 from defense.ood import OODFilter, threshold_for_tnr, train_ood
@@ -39,7 +40,7 @@ def test_filter_reaches_tpr_and_tnr_of_90_percent_on_unseen_data(trained, victim
     )  # fmt: skip
     assert result["tpr"] >= 0.9 and result["tnr"] >= 0.9, result
     assert result["auroc"] >= 0.95
-    for name in ("msp", "odin", "mahalanobis", "energy"):
+    for name in ("msp", "odin", "mahalanobis", "energy", "knn"):
         for key in ("tpr", "tnr", "auroc", "fpr_at_95_tpr", "tpr_at_tnr_95"):
             assert 0.0 <= result["baselines"][name][key] <= 1.0
         # matched TNR: each baseline's threshold is set to pass as many benign images
@@ -119,3 +120,82 @@ def test_torchvision_backbone_from_the_hub_cache_is_stored_in_the_artefact(tmp_p
     assert loaded.backbone.spec == "torchvision:resnet18" and loaded.backbone.input_size == 32
     x = torch.rand(3, 3, 32, 32)
     assert np.allclose(loaded.score_images(x), report.filter.score_images(x))
+
+
+def test_encoding_augmented_filter_keeps_its_tpr_under_jpeg_50(trained, victim_checkpoint):
+    """Trained with random encodings, the filter scores what an image shows: re-encoding the
+    attacker's queries as JPEG q50 moves its TPR by at most 0.1 (TNR stays too)."""
+    assert trained.filter.meta["encodings"] is True
+    result = evaluate_ood(
+        trained.path, victim_checkpoint, "digits", "natural", transforms=["none", "jpeg:50"],
+        attack_limit=400, attack_split="test", baselines=False, progress=False,
+    )  # fmt: skip
+    none, jpeg = result["per_transform"]["none"], result["per_transform"]["jpeg:50"]
+    assert none["tpr"] >= 0.9 and abs(none["tpr"] - jpeg["tpr"]) <= 0.1, result
+    assert jpeg["tnr"] >= 0.85
+    assert result["worst_tpr"] == min(none["tpr"], jpeg["tpr"])
+    assert result["worst_tnr"] == min(none["tnr"], jpeg["tnr"])
+    assert result["tpr"] == none["tpr"]  # the top-level keys keep their meaning: no transform
+    assert "| **worst** |" in ood_markdown(result)
+
+
+def test_defender_backbone_learns_both_label_sets_and_is_stored(tmp_path):
+    report = train_ood(
+        "digits", "natural", "defender:cnn5", tmp_path / "d.pt",
+        out_size=400, pretrain_epochs=1, variants=1, folds=3, progress=False,
+    )  # fmt: skip
+    loaded = OODFilter.load(report.path)
+    assert loaded.backbone.spec == "defender:cnn5"
+    # 10 digit classes followed by the natural pool's own photo classes
+    from shared.datasets import load_dataset
+
+    n_out = len(load_dataset("natural", size=400).classes)
+    assert loaded.backbone.model.num_classes == 10 + n_out
+    assert report.heldout_tnr >= 0.9 and report.heldout_tpr >= 0.8
+
+
+def test_knn_score_on_hand_made_features():
+    """Sun et al.: minus the distance between normalized features and the k-th neighbour."""
+    bank = np.eye(4, dtype=np.float32) * np.array([[1.0], [2.0], [3.0], [4.0]])  # norms vary
+    knn = KNN.fit(bank, k=2)
+    query = np.array([[5.0, 0, 0, 0], [1.0, 1.0, 0, 0]], dtype=np.float32)
+    # e1: similarities (1, 0, 0, 0) -> 2nd nearest at cos 0 -> distance sqrt(2)
+    # (e1+e2)/sqrt2: similarities (0.707, 0.707, 0, 0) -> distance sqrt(2 - sqrt2)
+    expected = -np.sqrt([2.0, 2.0 - np.sqrt(2.0)])
+    assert np.allclose(knn.score(query), expected, atol=1e-6)
+
+
+def test_evaluate_ood_rejects_an_unknown_transform_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "defense.cli", "evaluate-ood", "--detector",
+         str(tmp_path / "missing.pt"), "--attack-transform", "none",
+         "--attack-transform", "sepia:3", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "unknown attack transform 'sepia:3'" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_torchvision_backbone_from_a_local_weights_file(tmp_path):
+    """`torchvision:<arch>:<file>`: the user's own copy of the weights, no hub, no internet.
+    The stand-in file holds recognisable weights, so loading it (not a random init) shows."""
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], 0.01)
+    weights = tmp_path / "my-resnet18.pth"
+    torch.save(state, weights)
+    report = train_ood(
+        "digits", "natural", f"torchvision:resnet18:{weights}", tmp_path / "tv.pt",
+        out_size=200, folds=3, torchvision_size=32, progress=False,
+    )  # fmt: skip
+    loaded = OODFilter.load(report.path)
+    assert loaded.backbone.arch == "resnet18"
+    conv = loaded.backbone.model.body.conv1.weight
+    assert torch.allclose(conv, torch.full_like(conv, 0.01))
+    with pytest.raises(TestbedError, match="does not exist"):
+        train_ood(
+            "digits", "natural", f"torchvision:resnet18:{tmp_path / 'nope.pth'}",
+            tmp_path / "x.pt", out_size=50, progress=False,
+        )  # fmt: skip
