@@ -55,11 +55,17 @@ def train_ood_command(
     in_size: Annotated[int | None, typer.Option(help="images of a generated in-pool")] = None,
     out_size: Annotated[int | None, typer.Option(help="images of a generated out-pool")] = None,
     scratch_epochs: int = 6,
-    pretrain_epochs: Annotated[int, typer.Option(help="epochs of a defender: backbone")] = 8,
+    pretrain_epochs: Annotated[int, typer.Option(help="epochs of a defender: backbone")] = 4,
     encodings: Annotated[
         bool, typer.Option(help="randomly re-encode every image (JPEG 30-95, resize chains)")
     ] = True,
-    variants: Annotated[int, typer.Option(min=1, help="encoded copies per training image")] = 2,
+    variants: Annotated[int, typer.Option(min=1, help="encoded copies per training image")] = 1,
+    pretrain_limit: Annotated[
+        int, typer.Option(help="images per side a trained backbone sees (0 = all)")
+    ] = 0,
+    fit_limit: Annotated[
+        int, typer.Option(help="images per side the regression sees (0 = all)")
+    ] = 0,
     torchvision_size: Annotated[int, typer.Option(help="input side of a torchvision net")] = 224,
     seed: int = 0,
     device: str = "auto",
@@ -72,7 +78,8 @@ def train_ood_command(
         in_dataset, out_dataset, backbone, out, target_tnr=target_tnr, image_size=image_size,
         holdout=holdout, folds=folds, in_size=in_size, out_size=out_size,
         scratch_epochs=scratch_epochs, pretrain_epochs=pretrain_epochs, encodings=encodings,
-        variants=variants, torchvision_size=torchvision_size, seed=seed,
+        variants=variants, pretrain_limit=pretrain_limit or None, fit_limit=fit_limit or None,
+        torchvision_size=torchvision_size, seed=seed,
         device=resolve_device(device),
     )  # fmt: skip
     meta = report.filter.meta

@@ -37,7 +37,7 @@ from shared.device import autocast
 from shared.errors import TestbedError
 from shared.models import IMAGENET_MEAN, IMAGENET_STD, Classifier, create_model
 from shared.paths import data_settings
-from shared.training import TrainConfig, fit, to_tensor
+from shared.training import LossFn, TrainConfig, fit, to_tensor
 
 BACKBONE_KINDS = ("victim", "torchvision", "scratch", "defender")
 
@@ -134,6 +134,27 @@ def torchvision_backbone(
     return Backbone(model.to(device), f"torchvision:{arch}", input_size, arch=name)
 
 
+def _trained_backbone(
+    kind: str,
+    arch: str,
+    x_in: np.ndarray,
+    x_out: np.ndarray,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    settings: dict,
+    device: torch.device,
+    description: str,
+) -> Backbone:
+    """Train `arch` from scratch on in-then-out images and labels `y`; its body is the backbone."""
+    x = to_tensor(np.concatenate([x_in, x_out]))
+    model = create_model(arch, int(y.max()) + 1)
+    config = TrainConfig(
+        **settings, pad=max(1, x_in.shape[1] // 8), flip=True, description=description
+    )
+    fit(model, x, y, loss_fn, config, device)
+    return Backbone(model.eval(), f"{kind}:{arch}", x_in.shape[1], arch=arch)
+
+
 def scratch_backbone(
     arch: str,
     x_in: np.ndarray,
@@ -151,20 +172,17 @@ def scratch_backbone(
     The classes are weighted by inverse frequency so the net does not learn the prior.
     """
     device = torch.device(device)
-    x = to_tensor(np.concatenate([x_in, x_out]))
     y = torch.cat([torch.zeros(len(x_in)), torch.ones(len(x_out))]).long()
     weight = torch.tensor([len(y) / (2 * len(x_in)), len(y) / (2 * len(x_out))], device=device)
-    model = create_model(arch, 2)
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=weight)
 
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        pad=max(1, x_in.shape[1] // 8), flip=True, description=f"scratch {arch} in/out",
-    )  # fmt: skip
-    fit(model, x, y, loss_fn, config, device)
-    return Backbone(model.eval(), f"scratch:{arch}", x_in.shape[1], arch=arch)
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "progress": progress}  # fmt: skip
+    return _trained_backbone(
+        "scratch", arch, x_in, x_out, y, loss_fn, settings, device, f"scratch {arch} in/out"
+    )
 
 
 def defender_backbone(
@@ -174,7 +192,8 @@ def defender_backbone(
     x_out: np.ndarray,
     y_out: np.ndarray,
     *,
-    epochs: int = 8,
+    in_classes: int | None = None,
+    epochs: int = 4,
     batch_size: int = 256,
     lr: float = 0.2,
     seed: int = 0,
@@ -185,20 +204,17 @@ def defender_backbone(
 
     `x_in`/`x_out` are already at the filter's side (and randomly encoded by the caller, one
     or more copies per image); labels are the two datasets' own classes, the out-dataset's
-    shifted after the in-dataset's. The net learns what the images show, not where they come
-    from: both sources are re-encoded the same random ways.
+    shifted after the in-dataset's `in_classes`. The net learns what the images show, not
+    where they come from: both sources are re-encoded the same random ways.
     """
-    device = torch.device(device)
-    n_in = int(y_in.max()) + 1
-    x = to_tensor(np.concatenate([x_in, x_out]))
+    n_in = in_classes or int(y_in.max()) + 1
     y = torch.from_numpy(np.concatenate([y_in, y_out + n_in]).astype(np.int64))
-    model = create_model(arch, int(y.max()) + 1)
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        pad=max(1, x_in.shape[1] // 8), flip=True, description=f"defender {arch} pretraining",
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "progress": progress}  # fmt: skip
+    return _trained_backbone(
+        "defender", arch, x_in, x_out, y, F.cross_entropy, settings, torch.device(device),
+        f"defender {arch} pretraining",
     )  # fmt: skip
-    fit(model, x, y, F.cross_entropy, config, device)
-    return Backbone(model.eval(), f"defender:{arch}", x_in.shape[1], arch=arch)
 
 
 def embed_arrays(

@@ -216,9 +216,11 @@ def train_ood(
     in_size: int | None = None,
     out_size: int | None = None,
     scratch_epochs: int = 6,
-    pretrain_epochs: int = 8,
+    pretrain_epochs: int = 4,
     encodings: bool = True,
-    variants: int = 2,
+    variants: int = 1,
+    pretrain_limit: int | None = None,
+    fit_limit: int | None = None,
     torchvision_size: int = 224,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -232,6 +234,8 @@ def train_ood(
     With `encodings` (the default) every image, in and out, is randomly re-encoded
     (`shared.transforms.random_encoding`) before anything sees it: `variants` copies each for a
     backbone trained here, one for the regression, fresh ones for the held-out threshold.
+    `pretrain_limit` caps the images per side a backbone trained here sees, `fit_limit` those
+    the regression sees (both drawn from the same training part; CPU budget).
     """
     start = time.perf_counter()
     kind, value = parse_spec(backbone)
@@ -264,9 +268,15 @@ def train_ood(
         return encoded(images, image_size, key, seed * 1000 + copy, progress=progress)
 
     copies = {w: [view(w, c) for c in range(max(1, variants) if encodings else 1)] for w in raws}
+    # a backbone trained here sees at most `pretrain_limit` images of each side (CPU budget)
+    net_in, net_out = in_fit, out_fit
+    if pretrain_limit:
+        pick = np.random.default_rng([seed, 1])
+        net_in = np.sort(pick.permutation(in_fit)[:pretrain_limit])
+        net_out = np.sort(pick.permutation(out_fit)[:pretrain_limit])
     if kind in ("scratch", "defender"):
-        xi = np.concatenate([c[in_fit] for c in copies["in"]])
-        xo = np.concatenate([c[out_fit] for c in copies["out"]])
+        xi = np.concatenate([c[net_in] for c in copies["in"]])
+        xo = np.concatenate([c[net_out] for c in copies["out"]])
         if kind == "scratch":
             net = scratch_backbone(
                 value, xi, xo, epochs=scratch_epochs, seed=seed, device=device,
@@ -274,11 +284,11 @@ def train_ood(
             )  # fmt: skip
         else:
             reps = len(copies["in"])
-            yi = np.tile(np.asarray(in_set.targets)[in_fit], reps)
-            yo = np.tile(np.asarray(out_set.targets)[out_fit], reps)
+            yi = np.tile(np.asarray(in_set.targets)[net_in], reps)
+            yo = np.tile(np.asarray(out_set.targets)[net_out], reps)
             net = defender_backbone(
-                value, xi, yi, xo, yo, epochs=pretrain_epochs, seed=seed, device=device,
-                progress=progress,
+                value, xi, yi, xo, yo, in_classes=len(in_set.classes), epochs=pretrain_epochs,
+                seed=seed, device=device, progress=progress,
             )  # fmt: skip
     assert net is not None
 
@@ -286,11 +296,15 @@ def train_ood(
         key = f"{names[which]}-train-{image_size}-s{seed}-{tag}-e{int(encodings)}"
         return cached_features(net, key, images, progress=progress)
 
-    f_in = feats("in", copies["in"][0], "fit")
-    f_out = feats("out", copies["out"][0], "fit")
-    mean, scale, coef, intercept, info = fit_logistic(
-        f_in[in_fit], f_out[out_fit], folds=folds, seed=seed
-    )
+    # the regression sees at most `fit_limit` images of each side (its CV fits dominate on CPU)
+    reg_in, reg_out = in_fit, out_fit
+    if fit_limit:
+        pick = np.random.default_rng([seed, 2])
+        reg_in = np.sort(pick.permutation(in_fit)[:fit_limit])
+        reg_out = np.sort(pick.permutation(out_fit)[:fit_limit])
+    f_in = feats("in", copies["in"][0][reg_in], f"fit{len(reg_in)}")
+    f_out = feats("out", copies["out"][0][reg_out], f"fit{len(reg_out)}")
+    mean, scale, coef, intercept, info = fit_logistic(f_in, f_out, folds=folds, seed=seed)
     ood = OODFilter(net, mean, scale, coef, intercept, threshold=0.5)
     # the threshold: held-out in-distribution images, re-encoded afresh (the same random ways)
     hold_in, hold_out = view("in", 999, in_hold), view("out", 999, out_hold)
@@ -310,8 +324,12 @@ def train_ood(
         "holdout": holdout,
         "encodings": encodings,
         "variants": variants if encodings else 1,
-        "n_in_fit": int(len(in_fit)),
-        "n_out_fit": int(len(out_fit)),
+        "pretrain_limit": pretrain_limit,
+        "fit_limit": fit_limit,
+        "n_in_backbone": int(len(net_in)) if kind in ("scratch", "defender") else 0,
+        "n_out_backbone": int(len(net_out)) if kind in ("scratch", "defender") else 0,
+        "n_in_fit": int(len(reg_in)),
+        "n_out_fit": int(len(reg_out)),
         "n_in_holdout": int(len(in_hold)),
         "n_out_holdout": int(len(out_hold)),
         "heldout_tnr": heldout_tnr,
