@@ -4,7 +4,7 @@ The filter runs its own backbone on every batch (unless it is the victim itself)
 price is a second forward pass. Measured over HTTP against the real service, interleaved
 (none, filter, none, filter, ...) and repeated; the medians are reported. Throughput does not
 depend on training, so both models are random-weight stand-ins of the recommended shapes
-(a cnn9 victim, a `defender:cnn9` filter with 210 classes).
+(a cnn9 victim, a `defender:cnn5` filter with 210 classes).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from victim_service.launch import service_process
 POINTS = (("batch32_c16", 32, 16), ("single_c64", 1, 64))
 
 
-def throwaway_filter(path: Path, arch: str = "cnn9", classes: int = 210, side: int = 32) -> Path:
+def throwaway_filter(path: Path, arch: str = "cnn5", classes: int = 210, side: int = 32) -> Path:
     """A `defender:<arch>` filter with random weights and a real threshold (half flagged)."""
     import torch
 
