@@ -22,7 +22,7 @@ POINTS = (("batch32_c16", 32, 16), ("single_c64", 1, 64))
 
 
 def throwaway_filter(path: Path, arch: str = "cnn5", classes: int = 210, side: int = 32) -> Path:
-    """A `defender:<arch>` filter with random weights and a real threshold (half flagged)."""
+    """A `defender:<arch>` filter with random weights (throughput does not depend on them)."""
     import torch
 
     from defense.features import Backbone
