@@ -43,8 +43,11 @@ def post(url: str, arrays, client_key: str | None = None) -> httpx.Response:
     return httpx.post(f"{url}/v1/predict", files=files, headers=headers, timeout=60)
 
 
-def flagged_count(url: str, defense: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def flagged_count(url: str, defense: str, api_key: str | None = None) -> float:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    response = httpx.get(f"{url}/metrics", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text  # a refusal must not read as "0 flagged"
+    text = response.text
     match = re.search(rf'victim_flagged_queries_total{{defense="{defense}"}} (\S+)', text)
     return float(match.group(1)) if match else 0.0
 
@@ -129,11 +132,11 @@ def test_every_defense_on_by_env_still_serves_benign_clients(victim_checkpoint, 
                 assert abs(sum(row["probabilities"]) - 1) < 0.01
                 correct += int(np.argmax(row["probabilities"]) == target)
         assert correct / n >= 0.9
-        assert flagged_count(url, "prada") == 0
-        assert flagged_count(url, "ood") <= 0.1 * n
+        assert flagged_count(url, "prada", "benign-key") == 0
+        assert flagged_count(url, "ood", "benign-key") <= 0.1 * n
         # another client's OOD queries are flagged without touching the benign client
         assert post(url, natural[:8], "other-key").status_code == 200
-        assert flagged_count(url, "ood") >= 7
+        assert flagged_count(url, "ood", "benign-key") >= 7
 
 
 def test_build_steps_order_feature_reuse_and_batch_correctness(victim_checkpoint, detector, images):
