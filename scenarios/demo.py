@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate, markdown_table, save_outputs
 from attacker.query import QueryConfig, run_query
 from attacker.train import KnockoffOptions, train_knockoff
@@ -41,10 +42,10 @@ class DemoConfig:
     output: str = "probs"
     top_k: int = 3
     strategy: str = "random"
-    knockoff_arch: str = "cnn5"
+    knockoff_arch: str = KNOCKOFF.arch
     knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
-    knockoff_batch_size: int = 128
-    knockoff_lr: float = 0.05
+    knockoff_batch_size: int = KNOCKOFF.batch_size
+    knockoff_lr: float = KNOCKOFF.lr
     balance: bool = False
     seed: int = 0
     concurrency: int = 8
