@@ -8,20 +8,9 @@ import numpy as np
 import torch
 
 from shared.pipeline import AnswerBatch
+from tests.test_defense_perturbations import make_batch
 from victim_service.app import load_blackbox
 from victim_service.settings import VictimSettings
-
-
-def make_batch(n: int, classes: int = 10, seed: int = 0, scale: float = 3.0) -> AnswerBatch:
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, classes, generator=g) * scale
-    return AnswerBatch(
-        inputs=torch.rand(n, 3, 8, 8, generator=g),
-        features=torch.zeros(n, 4),
-        logits=logits,
-        probs=torch.softmax(logits.double(), dim=1),
-        clients=("c",) * n,
-    )
 
 
 def affine_residual(truth: torch.Tensor, answers: torch.Tensor) -> float:
