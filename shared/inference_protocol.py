@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -95,24 +95,27 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
     return document, memoryview(body)[len(head) :]
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, memoryview]:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(
+    model: type[M], what: str, body: bytes, header_length: str | None
+) -> tuple[M, memoryview]:
     document, binary = split_body(body, header_length)
     try:
-        return InferenceRequest.model_validate(document), binary
+        return model.model_validate(document), binary
     except ValidationError as exc:
         raise ProtocolError(
-            "not an inference request: " + "; ".join(_describe(e) for e in exc.errors()[:3])
+            f"not an inference {what}: " + "; ".join(_describe(e) for e in exc.errors()[:3])
         ) from None
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, memoryview]:
+    return _parse(InferenceRequest, "request", body, header_length)
 
 
 def parse_response(body: bytes, header_length: str | None) -> tuple[InferenceResponse, memoryview]:
-    document, binary = split_body(body, header_length)
-    try:
-        return InferenceResponse.model_validate(document), binary
-    except ValidationError as exc:
-        raise ProtocolError(
-            "not an inference response: " + "; ".join(_describe(e) for e in exc.errors()[:3])
-        ) from None
+    return _parse(InferenceResponse, "response", body, header_length)
 
 
 def _describe(error: dict) -> str:
