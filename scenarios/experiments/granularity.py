@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate
 from attacker.query import QueryConfig, run_query
 from attacker.train import KnockoffOptions, train_knockoff
 from attacker.transfer import load_transfer_set
+from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
 from scenarios.experiments.cache import cached_path, config_hash
 from scenarios.experiments.registry import Experiment, register
 from scenarios.experiments.report import render, write_results
@@ -62,10 +64,10 @@ class GranularityConfig:
     pool: str = "natural"
     pool_size: int | None = 10_000
     budget: int = 5_000
-    knockoff_arch: str = "cnn5"
-    knockoff_epochs: int = 15
-    knockoff_batch_size: int = 128
-    knockoff_lr: float = 0.05
+    knockoff_arch: str = KNOCKOFF.arch
+    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
+    knockoff_batch_size: int = KNOCKOFF.batch_size
+    knockoff_lr: float = KNOCKOFF.lr
     seed: int = 0
 
 
