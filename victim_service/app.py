@@ -32,7 +32,7 @@ from shared.pipeline import Blackbox, Granularity
 from shared.schemas import ErrorBody, ModelInfo, PredictJSONRequest, PredictResponse
 from victim_service.access import PUBLIC_PATHS, ApiKeyMiddleware
 from victim_service.answering import ReadImages, json_response
-from victim_service.batching import MicroBatcher
+from victim_service.batching import MicroBatcher, ServiceStopping
 from victim_service.errors import ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
 from victim_service.metrics import ServiceMetrics
@@ -131,7 +131,7 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
         "/v1/predict",
         response_class=Response,
         response_model=PredictResponse,
-        responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 429)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 429, 503)},
         openapi_extra={"requestBody": predict_request_body(settings)},
         summary="Classify one or many images",
     )
@@ -161,7 +161,10 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
                 limiter.take(client, count)
             if callable(images):
                 images = await asyncio.to_thread(images)
-            rows = await request.app.state.batcher.submit(images, client)
+            try:
+                rows = await request.app.state.batcher.submit(images, client)
+            except ServiceStopping as exc:
+                raise ApiError(503, "not_ready", "the service is shutting down") from exc
         except ApiError as exc:
             metrics.requests.labels(status=str(exc.status)).inc()
             raise

@@ -1,12 +1,19 @@
-"""Micro-batching: concurrent requests share one forward pass, run off the event loop."""
+"""Micro-batching: concurrent requests share one forward pass, on a model thread of its own.
+
+The model thread pulls jobs from a thread-safe queue and forms the next batch itself, so it
+never waits for the event loop: while the loop parses requests and writes answers, the model
+is already running the next batch (the earlier design formed batches on the event loop and
+left the model idle whenever the loop was busy). Answers go back with `call_soon_threadsafe`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,85 +34,131 @@ RunBatch = Callable[[np.ndarray, list[str]], list]
 """(images (B, S, S, 3), one client id per image) -> one result per image, in order."""
 
 
+class ServiceStopping(RuntimeError):
+    """A job arrived after the batcher stopped: the service is shutting down."""
+
+
 @dataclass
 class _Job:
     images: np.ndarray
     client: str
     future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    def settle(self, result: list | None = None, error: BaseException | None = None) -> None:
+        def set_it() -> None:
+            if self.future.done():  # the request was cancelled meanwhile
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        # a closed event loop raises RuntimeError: nobody waits for this answer any more
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(set_it)
+
+
+_STOP = None
+"""The sentinel that tells the model thread to finish the jobs queued before it, then exit."""
 
 
 class MicroBatcher:
     """Collects jobs for up to `max_wait_ms` (or `max_size` images) and runs them as one batch.
 
     With `max_wait_ms == 0` every request runs alone (batching off). Either way the model runs
-    on one worker thread, so the event loop keeps accepting requests meanwhile.
+    on one thread, so the event loop keeps accepting requests meanwhile. `stop()` drains: jobs
+    submitted before it are answered (graceful shutdown), later ones get `ServiceStopping`.
     """
 
     def __init__(self, run: RunBatch, max_size: int = 128, max_wait_ms: float = 2.0) -> None:
         self.run, self.max_size, self.max_wait = run, max_size, max_wait_ms / 1000
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def enabled(self) -> bool:
         return self.max_wait > 0
 
     async def start(self) -> None:
-        if self.enabled:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._loop(), name="micro-batcher")
+        self._thread = threading.Thread(target=self._work, name="model", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Answer every job already queued, then end the model thread."""
+        self._stopping = True
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
 
     async def submit(self, images: np.ndarray, client: str) -> list:
+        if self._stopping:
+            raise ServiceStopping("the service is shutting down")
         loop = asyncio.get_running_loop()
-        if not self.enabled:
-            return await loop.run_in_executor(
-                self.executor, self.run, images, [client] * len(images)
-            )
-        assert self._queue is not None
-        job = _Job(images, client, loop.create_future())
-        await self._queue.put(job)
+        job = _Job(images, client, loop.create_future(), loop)
+        self._jobs.put(job)
         return await job.future
 
-    async def _loop(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            size = len(jobs[0].images)
-            deadline = time.monotonic() + self.max_wait
-            while size < self.max_size:
+    def _next_batch(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
+        """`first` plus whatever fits before the deadline: (jobs, a job held over, stop seen)."""
+        jobs, size = [first], len(first.images)
+        if not self.enabled:
+            return jobs, None, False
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_size:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 and self._queue.empty():
+                if remaining <= 0:
                     break
                 try:
-                    job = (
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
-                except (TimeoutError, asyncio.QueueEmpty):
+                    job = self._jobs.get(timeout=remaining)
+                except queue.Empty:
                     break
-                jobs.append(job)
-                size += len(job.images)
-            images = stack([j.images for j in jobs])
-            clients = [j.client for j in jobs for _ in range(len(j.images))]
-            try:
-                results = await loop.run_in_executor(self.executor, self.run, images, clients)
-            except Exception as exc:  # hand the failure to every waiting request
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            start = 0
+            if job is _STOP:
+                return jobs, None, True
+            if size + len(job.images) > self.max_size:
+                return jobs, job, False
+            jobs.append(job)
+            size += len(job.images)
+        return jobs, None, False
+
+    def _work(self) -> None:
+        held: _Job | None = None
+        while True:
+            first = held or self._jobs.get()
+            if first is _STOP:
+                return self._refuse_rest()
+            jobs, held, stop = self._next_batch(first)
+            self._run(jobs)
+            if stop:
+                if held is not None:
+                    self._run([held])
+                return self._refuse_rest()
+
+    def _run(self, jobs: list[_Job]) -> None:
+        images = stack([j.images for j in jobs])
+        clients = [j.client for j in jobs for _ in range(len(j.images))]
+        try:
+            results = self.run(images, clients)
+        except Exception as exc:  # hand the failure to every waiting request
             for j in jobs:
-                if not j.future.done():
-                    j.future.set_result(results[start : start + len(j.images)])
-                start += len(j.images)
+                j.settle(error=exc)
+            return
+        start = 0
+        for j in jobs:
+            j.settle(results[start : start + len(j.images)])
+            start += len(j.images)
+
+    def _refuse_rest(self) -> None:
+        """Jobs that slipped in after the stop sentinel: refuse them rather than hang."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.settle(error=ServiceStopping("the service is shutting down"))
