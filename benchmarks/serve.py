@@ -6,6 +6,7 @@ Starts the service as separate processes on loopback (a 32x32 cnn9 victim): the 
 (uvicorn with uvloop and httptools, orjson) with micro-batching on, the same with batching off,
 and the plain stack (`UVICORN_LOOP=asyncio UVICORN_HTTP=h11`) to measure what uvloop and
 httptools bring. Each repeat runs, one after the other, the in-process batched forward pass
+(with the service's parallelism: as many threads as its model threads, the same torch threads)
 and 32-image requests at concurrency 16 on `/v1/predict` (multipart PNG) and on the v2 binary
 tensor path (UINT8, no image decoding) and on the plain stack: the headline ratios are the
 medians of the per-repeat ratios, so that every ratio compares runs taken seconds apart.
@@ -22,6 +23,7 @@ import resource
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +33,7 @@ import typer
 from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from shared.pipeline import Blackbox
-from victim_service.app import load_blackbox
+from victim_service.app import load_blackbox, model_threads
 from victim_service.launch import service_process
 from victim_service.settings import VictimSettings
 
@@ -52,16 +54,26 @@ def self_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def inprocess_capacity(box: Blackbox, batch: int = 128, seconds: float = 3.0) -> dict:
-    """Images/s of the pipeline's batched forward pass (the machine's limit for this model)."""
+def inprocess_capacity(
+    box: Blackbox, batch: int = 128, seconds: float = 3.0, threads: int = 1
+) -> dict:
+    """Images/s of the pipeline's batched forward pass (the machine's limit for this model),
+    run by `threads` threads at once: the same parallelism as the service's model threads."""
     images = sample_images(batch)
     box.answer(images)
-    done, cpu0, start = 0, self_cpu_s(), time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        box.answer(images)
-        done += batch
+    done = [0] * threads
+    cpu0, start = self_cpu_s(), time.perf_counter()
+
+    def work(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            box.answer(images)
+            done[i] += batch
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))
     elapsed, cpu = time.perf_counter() - start, self_cpu_s() - cpu0
-    return {"images_per_s": done / elapsed, "cpu_us_per_image": cpu / done * 1e6}
+    return {"images_per_s": sum(done) / elapsed, "cpu_us_per_image": cpu / sum(done) * 1e6,
+            "threads": threads}  # fmt: skip
 
 
 def load_point(url: str, pid: int, requests, per_request: int, concurrency: int, seconds: float):
@@ -106,6 +118,8 @@ def main(
         payloads, images = sample_payloads(512), sample_images(512)
         # the service's own loading (channels-last weights, bf16 autocast where supported)
         box = load_blackbox(VictimSettings(checkpoint=checkpoint))
+        # the service's parallelism: as many model threads, the same intra-op threads each
+        threads = model_threads(VictimSettings(checkpoint=checkpoint), box.device)
         base = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_MAX_IMAGES": "64"}
         plain = {**base, "UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}
         shapes = {
@@ -119,7 +133,8 @@ def main(
             service_process(plain, ready_timeout=300) as (plain_url, plain_p),
         ):
             for repeat in range(repeats):
-                samples["inprocess"].append(inprocess_capacity(box, seconds=seconds))
+                point = inprocess_capacity(box, seconds=seconds, threads=threads)
+                samples["inprocess"].append(point)
                 for name, make in shapes.items():
                     samples[name].append(load_point(url, proc.pid, make, 32, 16, seconds))
                 samples["v1_plain_stack"].append(

@@ -20,6 +20,7 @@ from shared.device import autocast
 from shared.imaging import resize
 from shared.models import Classifier
 from shared.schemas import Answer, OutputMode
+from shared.tracing import traced_features
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Blackbox:
         granularity: Granularity | None = None,
         device: torch.device | str = "cpu",
         amp: bool = False,
+        trace: bool = False,
     ) -> None:
         self.model = model.eval()
         self.input_size = input_size
@@ -128,6 +130,9 @@ class Blackbox:
         self.granularity = granularity or Granularity()
         self.device = torch.device(device)
         self.amp = amp
+        traced = traced_features(model, input_size, self.device, amp) if trace else None
+        self.traced = traced is not None
+        self._features = traced or model.features
         self.queries = 0
         self._lock = threading.Lock()
 
@@ -148,7 +153,7 @@ class Blackbox:
         x = x.float().div_(255) if images.dtype == np.uint8 else x.float()
         xd = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
-            features = self.model.features(xd)
+            features = self._features(xd)
             logits = self.model.head(features)
         logits = logits.float().cpu()
         batch = AnswerBatch(
@@ -158,9 +163,9 @@ class Blackbox:
             probs=torch.softmax(logits.double(), dim=1),
             clients=clients,
         )
-        for step in self.steps:
-            batch = step(batch)
-        with self._lock:
+        with self._lock:  # steps keep state (PRADA's history, seeded noise): one batch at a time
+            for step in self.steps:
+                batch = step(batch)
             self.queries += n
         return batch
 

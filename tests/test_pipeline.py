@@ -85,3 +85,43 @@ def test_blackbox_answers_rows_independently_of_batch(victim_checkpoint):
     for a, b in zip(whole, singles, strict=True):
         assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
     assert box.queries == 18
+
+
+@pytest.mark.parametrize("arch,size", [("cnn9", 32), ("resnet18", 40)])
+@pytest.mark.parametrize("amp", [False, True])
+def test_the_traced_forward_pass_answers_as_the_eager_one(arch, size, amp):
+    """The service serves a TorchScript trace on CPUs: same answers, any batch size."""
+    from shared.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=7)
+    eager = Blackbox(model, size, amp=amp)
+    traced = Blackbox(model, size, amp=amp, trace=True)
+    assert traced.traced and not eager.traced
+    for n in (1, 5, 33):
+        images = np.random.default_rng(n).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        a, b = eager.answer(images), traced.answer(images)
+        assert torch.allclose(a.features, b.features, rtol=1e-3, atol=1e-4)
+        assert torch.allclose(a.probs, b.probs, atol=1e-6)
+
+
+def test_a_model_the_tracer_cannot_follow_is_served_eagerly():
+    from shared.models import create_model
+
+    model = create_model("cnn9", num_classes=3)
+    original = type(model).features
+
+    def data_dependent(self, x):  # a Python float of the data: a trace would bake in one value
+        return original(self, x) * float(x.mean())
+
+    type(model).features = data_dependent
+    try:
+        box = Blackbox(model, 32, trace=True)
+        assert not box.traced
+        bright = np.full((2, 32, 32, 3), 250, np.uint8)
+        dark = np.full((2, 32, 32, 3), 5, np.uint8)
+        plain = Blackbox(model, 32)
+        for images in (bright, dark):
+            assert torch.allclose(box.answer(images).probs, plain.answer(images).probs)
+    finally:
+        type(model).features = original

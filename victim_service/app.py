@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -52,7 +53,23 @@ def load_blackbox(settings: VictimSettings) -> Blackbox:
     context = BuildContext(model, card, device, amp=settings.amp, seed=settings.seed)
     steps = build_steps(settings.defenses, context)
     granularity = Granularity(settings.output, settings.top_k, settings.round_decimals)
-    return Blackbox(model, card.input_size, steps, granularity, device, amp=settings.amp)
+    return Blackbox(
+        model, card.input_size, steps, granularity, device, amp=settings.amp, trace=settings.trace
+    )
+
+
+def model_threads(settings: VictimSettings, device: torch.device) -> int:
+    """How many forward passes run at once; on a CPU each gets its share of the cores.
+
+    Several single-threaded forward passes keep a small CPU busy where one pass with several
+    intra-op threads stalls each time the event loop takes a core (benchmarks/serve.py).
+    """
+    if device.type != "cpu":
+        return settings.model_threads or 1
+    cores = os.cpu_count() or 1
+    threads = settings.model_threads or cores
+    torch.set_num_threads(max(1, cores // threads))
+    return threads
 
 
 def _run_batch(blackbox: Blackbox, metrics: ServiceMetrics):
@@ -93,7 +110,10 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = blackbox or await asyncio.to_thread(load_blackbox, settings)
         batcher = MicroBatcher(
-            _run_batch(loaded, metrics), settings.batch_max_size, settings.batch_max_wait_ms
+            _run_batch(loaded, metrics),
+            settings.batch_max_size,
+            settings.batch_max_wait_ms,
+            workers=model_threads(settings, loaded.device),
         )
         await batcher.start()
         app.state.blackbox, app.state.batcher = loaded, batcher

@@ -1,9 +1,11 @@
-"""Micro-batching: concurrent requests share one forward pass, on a model thread of its own.
+"""Micro-batching: concurrent requests share one forward pass, on model threads of their own.
 
-The model thread pulls jobs from a thread-safe queue and forms the next batch itself, so it
+Each model thread pulls jobs from a thread-safe queue and forms its next batch itself, so it
 never waits for the event loop: while the loop parses requests and writes answers, the model
 is already running the next batch (the earlier design formed batches on the event loop and
 left the model idle whenever the loop was busy). Answers go back with `call_soon_threadsafe`.
+On a CPU, several model threads with one intra-op thread each keep every core busy where one
+forward pass with several intra-op threads stalls whenever the event loop takes a core.
 """
 
 from __future__ import annotations
@@ -67,14 +69,18 @@ class MicroBatcher:
     """Collects jobs for up to `max_wait_ms` (or `max_size` images) and runs them as one batch.
 
     With `max_wait_ms == 0` every request runs alone (batching off). Either way the model runs
-    on one thread, so the event loop keeps accepting requests meanwhile. `stop()` drains: jobs
-    submitted before it are answered (graceful shutdown), later ones get `ServiceStopping`.
+    on `workers` threads of its own (`run` must be thread-safe then), so the event loop keeps
+    accepting requests meanwhile. `stop()` drains: jobs submitted before it are answered
+    (graceful shutdown), later ones get `ServiceStopping`.
     """
 
-    def __init__(self, run: RunBatch, max_size: int = 128, max_wait_ms: float = 2.0) -> None:
+    def __init__(
+        self, run: RunBatch, max_size: int = 128, max_wait_ms: float = 2.0, workers: int = 1
+    ) -> None:
         self.run, self.max_size, self.max_wait = run, max_size, max_wait_ms / 1000
+        self.workers = workers
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
 
     @property
@@ -82,16 +88,22 @@ class MicroBatcher:
         return self.max_wait > 0
 
     async def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="model", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"model-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self) -> None:
-        """Answer every job already queued, then end the model thread."""
+        """Answer every job already queued, then end the model threads."""
         self._stopping = True
-        if self._thread is not None:
+        for _ in self._threads:
             self._jobs.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
+        self._refuse_rest()
 
     async def submit(self, images: np.ndarray, client: str) -> list:
         if self._stopping:
@@ -118,7 +130,7 @@ class MicroBatcher:
                     job = self._jobs.get(timeout=remaining)
                 except queue.Empty:
                     break
-            if job is _STOP:
+            if job is _STOP:  # one sentinel per thread: this one is ours
                 return jobs, None, True
             if size + len(job.images) > self.max_size:
                 return jobs, job, False
@@ -131,13 +143,13 @@ class MicroBatcher:
         while True:
             first = held or self._jobs.get()
             if first is _STOP:
-                return self._refuse_rest()
+                return
             jobs, held, stop = self._next_batch(first)
             self._run(jobs)
             if stop:
                 if held is not None:
                     self._run([held])
-                return self._refuse_rest()
+                return
 
     def _run(self, jobs: list[_Job]) -> None:
         images = stack([j.images for j in jobs])
@@ -154,7 +166,7 @@ class MicroBatcher:
             start += len(j.images)
 
     def _refuse_rest(self) -> None:
-        """Jobs that slipped in after the stop sentinel: refuse them rather than hang."""
+        """Jobs that slipped in after the stop sentinels: refuse them rather than hang."""
         while True:
             try:
                 job = self._jobs.get_nowait()

@@ -24,6 +24,7 @@ class VictimSettings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast where the hardware supports it")
+    trace: bool = Field(True, description="TorchScript-trace the forward pass on a CPU")
 
     # output granularity
     output: OutputMode = "probs"
@@ -45,6 +46,12 @@ class VictimSettings(BaseSettings):
     # micro-batching across concurrent requests
     batch_max_size: int = Field(128, ge=1)
     batch_max_wait_ms: float = Field(2.0, ge=0)
+    model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="forward passes run in parallel; None: one per CPU core on a CPU (each with "
+        "one intra-op thread), one on a GPU",
+    )
 
     # defenses: one entry per registered defense (defense/defenses/), each read from its own
     # VICTIM_<NAME>_* variables (VICTIM_PRADA_THRESHOLD, VICTIM_REVERSE_SIGMOID_BETA, ...)
