@@ -179,28 +179,33 @@ class PredictClient:
         self.retry = retry or RetryPolicy()
         self.stats = ClientStats()
         self._rng = random.Random(seed)  # jitter only; never touches what is queried
-        self._client: httpx.AsyncClient | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._free: asyncio.Queue[httpx.AsyncClient] | None = None
         self._not_before = 0.0  # monotonic time before which nobody sends (after a 429)
 
     async def __aenter__(self) -> PredictClient:
         if not self.url.startswith(("http://", "https://")):
             raise FatalAPIError(f"not an HTTP URL: {self.url!r} (expected http://host:port)")
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
-        limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-        )
+        # one single-connection client per slot, handed out through a queue (which bounds the
+        # requests in flight): httpx's shared pool scans every connection on every request,
+        # about 1 ms of CPU per request at 16 connections, taken from the cores the service
+        # shares on a small machine (benchmarks/attack.py)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         timeout = httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s))
-        self._client = httpx.AsyncClient(
-            base_url=self.url, headers=headers, limits=limits, timeout=timeout
-        )
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._clients = [
+            httpx.AsyncClient(base_url=self.url, headers=headers, limits=limits, timeout=timeout)
+            for _ in range(self.concurrency)
+        ]
+        self._free = asyncio.Queue()
+        for client in self._clients:
+            self._free.put_nowait(client)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients, self._free = self._clients, [], None
+        for client in clients:
+            await client.aclose()
 
     async def model_info(self, batch_size: int = 8) -> ModelInfo:
         """Output mode, number of outputs, input size and request limits.
@@ -286,32 +291,36 @@ class PredictClient:
         **kwargs: Any,
     ) -> tuple[Any, float]:
         """The parsed JSON body of a 200 answer and its latency in ms, after any retries."""
-        if self._client is None or self._slots is None:
+        if self._free is None:
             raise RuntimeError("use `async with PredictClient(...)` before sending")
         max_retries = self.retry.max_retries if max_retries is None else max_retries
         retries = 0
+        free = self._free
         while True:
             await self._wait_turn()
+            client = await free.get()
             try:
-                async with self._slots:
-                    return await self._attempt(method, path, parse, **kwargs)
-            except _Retry as retry:
-                if retry.wait_s is not None:  # 429: honour Retry-After, for every sender
-                    self._not_before = max(self._not_before, time.monotonic() + retry.wait_s)
-                    continue
-                if retries >= max_retries:
-                    hint = (
-                        " Is the service running and the URL right?"
-                        if "connect" in (retry.reason.lower())
-                        else ""
-                    )
-                    raise FatalAPIError(
-                        f"{method} {self.url}{path} failed {retries + 1} times, "
-                        f"last: {retry.reason}.{hint}"
-                    ) from None
-                self.stats.retries += 1
-                await asyncio.sleep(self.retry.backoff(retries, self._rng))
-                retries += 1
+                return await self._attempt(client, method, path, parse, **kwargs)
+            except _Retry as caught:
+                retry = caught
+            finally:  # the connection is free again before any back-off
+                free.put_nowait(client)
+            if retry.wait_s is not None:  # 429: honour Retry-After, for every sender
+                self._not_before = max(self._not_before, time.monotonic() + retry.wait_s)
+                continue
+            if retries >= max_retries:
+                hint = (
+                    " Is the service running and the URL right?"
+                    if "connect" in (retry.reason.lower())
+                    else ""
+                )
+                raise FatalAPIError(
+                    f"{method} {self.url}{path} failed {retries + 1} times, "
+                    f"last: {retry.reason}.{hint}"
+                ) from None
+            self.stats.retries += 1
+            await asyncio.sleep(self.retry.backoff(retries, self._rng))
+            retries += 1
 
     async def _wait_turn(self) -> None:
         while (wait := self._not_before - time.monotonic()) > 0:
@@ -319,13 +328,17 @@ class PredictClient:
             await asyncio.sleep(wait)
 
     async def _attempt(
-        self, method: str, path: str, parse: Callable | None, **kwargs: Any
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        parse: Callable | None,
+        **kwargs: Any,
     ) -> tuple[Any, float]:
-        assert self._client is not None
         self.stats.requests += 1
         start = time.perf_counter()
         try:
-            response = await self._client.request(method, path, **kwargs)
+            response = await client.request(method, path, **kwargs)
         except httpx.UnsupportedProtocol as exc:
             raise FatalAPIError(f"cannot use URL {self.url!r}: {exc}") from None
         except httpx.TransportError as exc:  # connect/read/write errors, timeouts, drops
