@@ -24,6 +24,24 @@ def throwaway_victim(path: Path, arch: str = "cnn9", num_classes: int = 10, seed
     return save_checkpoint(path, model, card)
 
 
+def throwaway_filter(
+    path: Path, arch: str = "cnn9", classes: int = 210, side: int = 32, seed: int = 0
+) -> Path:
+    """A `defender:<arch>` OOD filter with random weights: its serving cost does not depend on
+    training, only on the backbone's shape (the recommended one by default)."""
+    from defense.features import Backbone
+    from defense.ood import OODFilter
+
+    torch.manual_seed(seed)
+    model = create_model(arch, classes)
+    dim = model.head.in_features
+    backbone = Backbone(model, f"defender:{arch}", side, arch=arch)
+    coef = np.random.default_rng(seed).normal(size=dim)
+    meta = {"backbone": f"defender:{arch}", "image_size": side, "in_dataset": "none"}
+    ood = OODFilter(backbone, np.zeros(dim), np.ones(dim), coef, 0.0, 0.5, meta)
+    return ood.save(path)
+
+
 def sample_images(n: int = 256, side: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
 

@@ -39,10 +39,12 @@ def main(
     in_dataset: str = "cifar10-jpeg",
     out_dataset: str = "tiny-imagenet-defender",
     attack_pool: str = "tiny-imagenet-attacker",
-    backbone: str = "defender:cnn5",
-    pretrain_epochs: int = 3,
-    variants: int = 1,
-    pretrain_limit: int = 8_000,
+    backbone: str = "defender:cnn9",
+    pretrain_epochs: int = 5,
+    variants: int = 2,
+    match_in: float = 0.7,
+    backbone_size: int = 16,
+    pretrain_limit: Annotated[int, typer.Option(help="0 = all")] = 0,
     fit_limit: int = 3_000,
     folds: int = 5,
     target_tnr: float = 0.95,
@@ -65,6 +67,7 @@ def main(
     config = {
         "in_dataset": in_dataset, "out_dataset": out_dataset, "backbone": backbone,
         "pretrain_epochs": pretrain_epochs, "variants": variants, "folds": folds,
+        "match_in": match_in, "backbone_size": backbone_size,
         "pretrain_limit": pretrain_limit, "fit_limit": fit_limit,
         "target_tnr": target_tnr, "image_size": image_size, "encodings": True, "seed": seed,
     }  # fmt: skip
@@ -77,7 +80,8 @@ def main(
         train_ood(
             in_dataset, out_dataset, backbone, detector, target_tnr=target_tnr,
             image_size=image_size, folds=folds, pretrain_epochs=pretrain_epochs,
-            variants=variants, pretrain_limit=pretrain_limit or None,
+            variants=variants, match_in=match_in, backbone_size=backbone_size or None,
+            pretrain_limit=pretrain_limit or None,
             fit_limit=fit_limit or None, seed=seed,
         )  # fmt: skip
     meta = OODFilter.load(detector).meta
@@ -100,6 +104,7 @@ def main(
         "per_transform": result["per_transform"],
         "seconds": {
             "train": meta.get("train_seconds"),
+            "train_cpu": meta.get("train_cpu_seconds"),
             "evaluate": eval_seconds,
             "this_run": time.perf_counter() - start,
         },

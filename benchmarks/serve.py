@@ -12,6 +12,13 @@ tensor path (UINT8, no image decoding) and on the plain stack: the headline rati
 medians of the per-repeat ratios, so that every ratio compares runs taken seconds apart.
 CPU seconds per request are read from /proc for the service and from getrusage for the load
 generator. On a machine shared with other work the absolute figures move; the ratios less so.
+
+The OOD filter's price is measured side by side: a third service runs the same victim with the
+recommended filter (`VICTIM_OOD_DETECTOR`, a random-weight `defender:cnn9` of the shape
+`benchmarks.ood` trains: throughput does not depend on the weights), and each repeat loads it
+right after the unfiltered service with the same 32-image requests; `ood_filter_cost` is
+1 - the median per-repeat ratio of the two (target: at most 25%), and the single-image,
+concurrency-64 point is taken with and without the filter too.
 """
 
 from __future__ import annotations
@@ -30,14 +37,24 @@ from typing import Annotated
 import orjson
 import typer
 
-from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
+from benchmarks.common import (
+    sample_images,
+    sample_payloads,
+    throwaway_filter,
+    throwaway_victim,
+    write_json,
+)
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from shared.pipeline import Blackbox
 from victim_service.app import load_blackbox, model_threads
 from victim_service.launch import service_process
 from victim_service.settings import VictimSettings
 
-TARGETS = {"http_batch32_c16_vs_inprocess": 0.8, "single_c64_microbatch_vs_off": 3.0}
+TARGETS = {
+    "http_batch32_c16_vs_inprocess": 0.8,
+    "single_c64_microbatch_vs_off": 3.0,
+    "ood_filter_cost": 0.25,
+}
 
 
 def process_cpu_s(pid: int) -> float:
@@ -122,21 +139,27 @@ def main(
         threads = model_threads(VictimSettings(checkpoint=checkpoint), box.device)
         base = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_MAX_IMAGES": "64"}
         plain = {**base, "UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}
+        filtered = {**base, "VICTIM_OOD_DETECTOR": str(throwaway_filter(Path(tmp) / "ood.pt"))}
         shapes = {
             "v1": v1_requests(payloads, 32),
             "v2_binary": v2_requests(images, 32),
         }
-        samples: dict[str, list[dict]] = {"inprocess": [], "v1": [], "v2_binary": [],
-                                          "v1_plain_stack": []}  # fmt: skip
+        samples: dict[str, list[dict]] = {"inprocess": [], "v1": [], "v1_ood_filter": [],
+                                          "v2_binary": [], "v1_plain_stack": []}  # fmt: skip
         with (
             service_process(base, ready_timeout=300) as (url, proc),
             service_process(plain, ready_timeout=300) as (plain_url, plain_p),
+            service_process(filtered, ready_timeout=300) as (ood_url, ood_p),
         ):
             for repeat in range(repeats):
                 point = inprocess_capacity(box, seconds=seconds, threads=threads)
                 samples["inprocess"].append(point)
                 for name, make in shapes.items():
                     samples[name].append(load_point(url, proc.pid, make, 32, 16, seconds))
+                    if name == "v1":  # the filter's price: the same requests, right after
+                        samples["v1_ood_filter"].append(
+                            load_point(ood_url, ood_p.pid, make, 32, 16, seconds)
+                        )
                 samples["v1_plain_stack"].append(
                     load_point(plain_url, plain_p.pid, shapes["v1"], 32, 16, seconds)
                 )
@@ -149,6 +172,9 @@ def main(
                 "single_c64_microbatch": load_point(
                     url, proc.pid, v1_requests(payloads, 1), 1, 64, seconds
                 ),
+                "single_c64_microbatch_ood_filter": load_point(
+                    ood_url, ood_p.pid, v1_requests(payloads, 1), 1, 64, seconds
+                ),
             }
         off = {**base, "VICTIM_BATCH_MAX_WAIT_MS": "0"}
         with service_process(off, ready_timeout=300) as (url, proc):
@@ -156,10 +182,10 @@ def main(
                 url, proc.pid, v1_requests(payloads, 1), 1, 64, seconds
             )
 
-    def ratios(name: str) -> list[float]:
+    def ratios(name: str, reference: str = "inprocess") -> list[float]:
         return [
             s["images_per_s"] / i["images_per_s"]
-            for s, i in zip(samples[name], samples["inprocess"], strict=True)
+            for s, i in zip(samples[name], samples[reference], strict=True)
         ]
 
     inproc = samples["inprocess"]
@@ -176,13 +202,18 @@ def main(
         "plain_stack_batch32_c16_vs_inprocess": statistics.median(ratios("v1_plain_stack")),
         "single_c64_microbatch_vs_off": single["single_c64_microbatch"]["images_per_s"]
         / max(single["single_c64_off"]["images_per_s"], 1e-9),
+        "ood_filter_cost": 1 - statistics.median(ratios("v1_ood_filter", "v1")),
+        "ood_filter_cost_single_c64": 1
+        - single["single_c64_microbatch_ood_filter"]["images_per_s"]
+        / max(single["single_c64_microbatch"]["images_per_s"], 1e-9),
+        "ood_filter": "defender:cnn9 (32x32, 210 classes, random init) + logistic regression",
         "p99_ms_single_c1": single["single_c1_microbatch"]["p99_ms"],
         "cpu_us_per_request": {
             name: {
                 "service": points[name]["service_cpu_us_per_request"],
                 "loadgen": points[name]["loadgen_cpu_us_per_request"],
             }
-            for name in ("v1", "v2_binary", "v1_plain_stack")
+            for name in ("v1", "v1_ood_filter", "v2_binary", "v1_plain_stack")
         },
         "model_cpu_us_per_32_images": points["inprocess"]["cpu_us_per_image"] * 32,
         "json_encode_us_32_answers": encoder_us(),
@@ -192,6 +223,7 @@ def main(
             "ratio_v1": ratios("v1"),
             "ratio_v2_binary": ratios("v2_binary"),
             "ratio_plain_stack": ratios("v1_plain_stack"),
+            "ratio_ood_filter_vs_none": ratios("v1_ood_filter", "v1"),
             **{f"{k}_images_per_s": [s["images_per_s"] for s in v] for k, v in samples.items()},
         },
         "targets": TARGETS,

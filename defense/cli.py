@@ -60,6 +60,15 @@ def train_ood_command(
         bool, typer.Option(help="randomly re-encode every image (JPEG 30-95, resize chains)")
     ] = True,
     variants: Annotated[int, typer.Option(min=1, help="encoded copies per training image")] = 1,
+    match_in: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="share of out images first given the in-data's own pipeline"
+        ),
+    ] = 0.0,
+    backbone_size: Annotated[
+        int | None, typer.Option(help="side a trained backbone sees (a low-pass; default: all)")
+    ] = None,
     pretrain_limit: Annotated[
         int, typer.Option(help="images per side a trained backbone sees (0 = all)")
     ] = 0,
@@ -78,7 +87,8 @@ def train_ood_command(
         in_dataset, out_dataset, backbone, out, target_tnr=target_tnr, image_size=image_size,
         holdout=holdout, folds=folds, in_size=in_size, out_size=out_size,
         scratch_epochs=scratch_epochs, pretrain_epochs=pretrain_epochs, encodings=encodings,
-        variants=variants, pretrain_limit=pretrain_limit or None, fit_limit=fit_limit or None,
+        variants=variants, match_in=match_in, backbone_size=backbone_size,
+        pretrain_limit=pretrain_limit or None, fit_limit=fit_limit or None,
         torchvision_size=torchvision_size, seed=seed,
         device=resolve_device(device),
     )  # fmt: skip

@@ -144,15 +144,29 @@ def _trained_backbone(
     settings: dict,
     device: torch.device,
     description: str,
+    side: int | None = None,
 ) -> Backbone:
-    """Train `arch` from scratch on in-then-out images and labels `y`; its body is the backbone."""
+    """Train `arch` from scratch on in-then-out images and labels `y`; its body is the backbone.
+
+    With `side` below the images' own, the net is trained and served at that side: every
+    input is first scaled down the way `Backbone.embed` does it, a low-pass that leaves the
+    fine pixel structure (JPEG blocks, resampling traces) mostly out of what the net can see.
+    """
     x = to_tensor(np.concatenate([x_in, x_out]))
+    side = side or x_in.shape[1]
+    if side != x_in.shape[1]:
+        x = torch.cat([_scaled(x[s : s + 4096], side) for s in range(0, len(x), 4096)])
     model = create_model(arch, int(y.max()) + 1)
-    config = TrainConfig(
-        **settings, pad=max(1, x_in.shape[1] // 8), flip=True, description=description
-    )
+    config = TrainConfig(**settings, pad=max(1, side // 8), flip=True, description=description)
     fit(model, x, y, loss_fn, config, device)
-    return Backbone(model.eval(), f"{kind}:{arch}", x_in.shape[1], arch=arch)
+    return Backbone(model.eval(), f"{kind}:{arch}", side, arch=arch)
+
+
+def _scaled(x: torch.Tensor, side: int) -> torch.Tensor:
+    """A uint8 batch scaled to `side` with `Backbone.embed`'s own interpolation."""
+    size = (side, side)
+    out = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def scratch_backbone(
@@ -164,6 +178,7 @@ def scratch_backbone(
     batch_size: int = 256,
     lr: float = 0.1,
     seed: int = 0,
+    side: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Backbone:
@@ -181,8 +196,9 @@ def scratch_backbone(
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "progress": progress}  # fmt: skip
     return _trained_backbone(
-        "scratch", arch, x_in, x_out, y, loss_fn, settings, device, f"scratch {arch} in/out"
-    )
+        "scratch", arch, x_in, x_out, y, loss_fn, settings, device, f"scratch {arch} in/out",
+        side,
+    )  # fmt: skip
 
 
 def defender_backbone(
@@ -197,6 +213,7 @@ def defender_backbone(
     batch_size: int = 256,
     lr: float = 0.2,
     seed: int = 0,
+    side: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Backbone:
@@ -213,7 +230,7 @@ def defender_backbone(
                 "progress": progress}  # fmt: skip
     return _trained_backbone(
         "defender", arch, x_in, x_out, y, F.cross_entropy, settings, torch.device(device),
-        f"defender {arch} pretraining",
+        f"defender {arch} pretraining", side,
     )  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from shared.errors import TestbedError
 from shared.imaging import resize
 from shared.paths import data_settings
 from shared.safeload import load_weights_only
-from shared.transforms import random_encodings
+from shared.transforms import dataset_jpeg_quality, random_encodings
 
 FORMAT = "ood-filter/1"
 
@@ -188,14 +188,22 @@ def native_arrays(dataset: ImageDataset, size: int, indices: list[int] | None = 
 
 
 def encoded(
-    images: np.ndarray, size: int, key: str, seed: int, progress: bool = True
+    images: np.ndarray,
+    size: int,
+    key: str,
+    seed: int,
+    progress: bool = True,
+    match_in: float = 0.0,
+    in_quality: int | None = None,
 ) -> np.ndarray:
     """`random_encodings` of `images`, cached on disk under `key` (they take a minute at 50k)."""
+    if match_in > 0:
+        key += f"-m{match_in:g}q{in_quality}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     path = data_settings().cache_dir / "encodings" / f"{safe}-{size}-s{seed}-{len(images)}.npy"
     if path.exists():
         return np.load(path)
-    out = random_encodings(images, size, seed, progress=progress)
+    out = random_encodings(images, size, seed, progress, match_in, in_quality)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, out)
@@ -219,6 +227,8 @@ def train_ood(
     pretrain_epochs: int = 4,
     encodings: bool = True,
     variants: int = 1,
+    match_in: float = 0.0,
+    backbone_size: int | None = None,
     pretrain_limit: int | None = None,
     fit_limit: int | None = None,
     torchvision_size: int = 224,
@@ -234,10 +244,14 @@ def train_ood(
     With `encodings` (the default) every image, in and out, is randomly re-encoded
     (`shared.transforms.random_encoding`) before anything sees it: `variants` copies each for a
     backbone trained here, one for the regression, fresh ones for the held-out threshold.
+    `match_in` is the share of out-of-distribution images that first go through the
+    in-distribution's own pipeline (its side, its files' JPEG quality), so the artefacts of
+    the in-distribution's files stop telling the sources apart. `backbone_size` is the side a
+    backbone trained here sees (a low-pass; default `image_size`).
     `pretrain_limit` caps the images per side a backbone trained here sees, `fit_limit` those
     the regression sees (both drawn from the same training part; CPU budget).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     kind, value = parse_spec(backbone)
     device = torch.device(device)
     net: Backbone | None = None
@@ -251,6 +265,7 @@ def train_ood(
     out_set = load_dataset(out_dataset, "train", size=out_size, image_size=image_size, seed=seed)
     raw_in, raw_out = native_arrays(in_set, image_size), native_arrays(out_set, image_size)
     rng = np.random.default_rng(seed)
+    in_quality = dataset_jpeg_quality(getattr(in_set, "paths", None) or [])
     in_fit, in_hold = _split(len(raw_in), holdout, rng)
     out_fit, out_hold = _split(len(raw_out), holdout, rng)
     names = {"in": in_dataset, "out": out_dataset}
@@ -265,7 +280,8 @@ def train_ood(
         key = f"{names[which]}-train-enc"
         if index is not None:
             key += f"-{len(index)}of{len(raws[which])}"
-        return encoded(images, image_size, key, seed * 1000 + copy, progress=progress)
+        match = match_in if which == "out" else 0.0
+        return encoded(images, image_size, key, seed * 1000 + copy, progress, match, in_quality)
 
     copies = {w: [view(w, c) for c in range(max(1, variants) if encodings else 1)] for w in raws}
     # a backbone trained here sees at most `pretrain_limit` images of each side (CPU budget)
@@ -279,8 +295,8 @@ def train_ood(
         xo = np.concatenate([c[net_out] for c in copies["out"]])
         if kind == "scratch":
             net = scratch_backbone(
-                value, xi, xo, epochs=scratch_epochs, seed=seed, device=device,
-                progress=progress,
+                value, xi, xo, epochs=scratch_epochs, seed=seed, side=backbone_size,
+                device=device, progress=progress,
             )  # fmt: skip
         else:
             reps = len(copies["in"])
@@ -288,12 +304,14 @@ def train_ood(
             yo = np.tile(np.asarray(out_set.targets)[net_out], reps)
             net = defender_backbone(
                 value, xi, yi, xo, yo, in_classes=len(in_set.classes), epochs=pretrain_epochs,
-                seed=seed, device=device, progress=progress,
+                seed=seed, side=backbone_size, device=device, progress=progress,
             )  # fmt: skip
     assert net is not None
 
     def feats(which: str, images: np.ndarray, tag: str) -> np.ndarray:
         key = f"{names[which]}-train-{image_size}-s{seed}-{tag}-e{int(encodings)}"
+        if which == "out" and encodings and match_in > 0:
+            key += f"-m{match_in:g}"
         return cached_features(net, key, images, progress=progress)
 
     # the regression sees at most `fit_limit` images of each side (its CV fits dominate on CPU)
@@ -324,6 +342,9 @@ def train_ood(
         "holdout": holdout,
         "encodings": encodings,
         "variants": variants if encodings else 1,
+        "match_in": match_in if encodings else 0.0,
+        "in_jpeg_quality": in_quality,
+        "backbone_size": net.input_size,
         "pretrain_limit": pretrain_limit,
         "fit_limit": fit_limit,
         "n_in_backbone": int(len(net_in)) if kind in ("scratch", "defender") else 0,
@@ -338,6 +359,7 @@ def train_ood(
         "seed": seed,
         "logistic": info,
         "train_seconds": time.perf_counter() - start,
+        "train_cpu_seconds": time.process_time() - cpu_start,
         "created_at": time.time(),
     }
     path = ood.save(out)

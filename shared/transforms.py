@@ -19,7 +19,10 @@ CIFAR file): the attacker resizes it to the victim's input side and sends the by
 
 `random_encoding` is the defender's augmentation: a random resize chain, then JPEG at a random
 quality in 30-95 or a lossless copy (sometimes a light blur), so a filter fitted on such images
-cannot tell its two sources apart by their resize or compression artefacts.
+cannot tell its two sources apart by their resize or compression artefacts. With `match_in`,
+an image first goes through the in-distribution's own pipeline (as `match-in` does): the
+defender gives its out-of-distribution examples the artefacts its in-distribution files carry
+(CIFAR-10 here is 32-px JPEG q75), so those artefacts stop telling the two sources apart.
 """
 
 from __future__ import annotations
@@ -181,12 +184,25 @@ def random_encoding(image: np.ndarray, size: int, rng: np.random.Generator) -> n
 
 
 def random_encodings(
-    images: np.ndarray | list[np.ndarray], size: int, seed: int, progress: bool = False
+    images: np.ndarray | list[np.ndarray],
+    size: int,
+    seed: int,
+    progress: bool = False,
+    match_in: float = 0.0,
+    in_quality: int | None = None,
 ) -> np.ndarray:
-    """`random_encoding` of every image, seeded by (seed, index): (N, size, size, 3) uint8."""
+    """`random_encoding` of every image, seeded by (seed, index): (N, size, size, 3) uint8.
+
+    With probability `match_in` an image first goes through the in-distribution's pipeline
+    (`match-in` at `in_quality`; a plain resize when that is None).
+    """
     from tqdm.auto import tqdm
 
+    match = ImageTransform("match-in", "match-in")
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i in tqdm(range(len(images)), desc="encodings", disable=not progress, leave=False):
-        out[i] = random_encoding(images[i], size, np.random.default_rng([seed, i]))
+        image = images[i]
+        if match_in > 0 and np.random.default_rng([seed, i, 1]).random() < match_in:
+            image = match.apply(image, size, in_quality)  # its own draw: the rest stay as they were
+        out[i] = random_encoding(image, size, np.random.default_rng([seed, i]))
     return out

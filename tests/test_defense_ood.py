@@ -147,11 +147,16 @@ def test_encoding_augmented_filter_keeps_its_tpr_under_jpeg_50(trained, victim_c
 
 def test_defender_backbone_learns_both_label_sets_and_is_stored(tmp_path):
     report = train_ood(
-        "digits", "natural", "defender:cnn5", tmp_path / "d.pt",
-        out_size=400, pretrain_epochs=1, variants=1, folds=3, progress=False,
+        "digits", "natural", "defender:cnn5", tmp_path / "d.pt", out_size=400,
+        pretrain_epochs=1, variants=1, folds=3, match_in=0.5, backbone_size=16, progress=False,
     )  # fmt: skip
     loaded = OODFilter.load(report.path)
     assert loaded.backbone.spec == "defender:cnn5"
+    # trained and served at 16 px (the low-pass), fed the victim's 32 px by the service
+    assert loaded.backbone.input_size == 16 and loaded.input_size == 32
+    assert loaded.meta["backbone_size"] == 16 and loaded.meta["match_in"] == 0.5
+    x = torch.rand(2, 3, 32, 32)
+    assert np.allclose(loaded.score_images(x), report.filter.score_images(x))
     # 10 digit classes followed by the natural pool's own photo classes
     from shared.datasets import load_dataset
 

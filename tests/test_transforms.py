@@ -84,3 +84,21 @@ def test_random_encodings_are_seeded_varied_and_sized():
     # not one fixed pipeline: the same image comes out differently under different draws
     outs = {random_encoding(images[0], 32, np.random.default_rng(s)).tobytes() for s in range(20)}
     assert len(outs) > 10
+
+
+def test_match_in_share_of_random_encodings_goes_through_the_in_pipeline():
+    """`match_in`: that share of images is first given the in-distribution's own pipeline
+    (its side, its JPEG quality), so it differs from the plain draw; the rest are unchanged."""
+    images = np.random.default_rng(2).integers(0, 256, (60, 64, 64, 3), dtype=np.uint8)
+    plain = random_encodings(images, 32, seed=5)
+    every = random_encodings(images, 32, seed=5, match_in=1.0, in_quality=30)
+    half = random_encodings(images, 32, seed=5, match_in=0.5, in_quality=30)
+    assert np.array_equal(half, random_encodings(images, 32, 5, match_in=0.5, in_quality=30))
+    changed = [not np.array_equal(p, e) for p, e in zip(plain, every, strict=True)]
+    assert np.mean(changed) > 0.9
+    # JPEG q30 of noise loses most of its detail: the matched images are smoother
+    assert np.abs(np.diff(every.astype(int), axis=2)).mean() < np.abs(
+        np.diff(plain.astype(int), axis=2)
+    ).mean()
+    share = np.mean([not np.array_equal(p, h) for p, h in zip(plain, half, strict=True)])
+    assert 0.25 <= share <= 0.75, share
