@@ -33,6 +33,21 @@ def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def _knn_summary(per_transform: dict) -> dict | None:
+    """kNN on the filter's own features: its worst AUROC and TPR at the filter's TNR."""
+    rows = [row["filter_knn"] for row in per_transform.values() if "filter_knn" in row]
+    if not rows:
+        return None
+    return {"worst_auroc": min(r["auroc"] for r in rows), "worst_tpr": min(r["tpr"] for r in rows)}
+
+
+def _lowest_classes(per_transform: dict, n: int = 25) -> dict:
+    """The attack-pool classes the filter flags least, averaged over the transforms."""
+    rows = [row["tpr_by_attack_class"] for row in per_transform.values()]
+    mean = {name: sum(r[name] for r in rows) / len(rows) for name in rows[0]}
+    return dict(sorted(mean.items(), key=lambda item: item[1])[:n])
+
+
 @friendly
 def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
@@ -101,6 +116,8 @@ def main(
         "worst_tnr_transform": result["worst_tnr_transform"],
         "auroc_transform": result["worst_auroc_transform"],
         "targets": {"worst_tpr": 0.90, "worst_tnr": 0.90, "train_seconds": 1200},
+        "filter_knn": _knn_summary(result["per_transform"]),
+        "lowest_tpr_attack_classes": _lowest_classes(result["per_transform"]),
         "per_transform": result["per_transform"],
         "seconds": {
             "train": meta.get("train_seconds"),

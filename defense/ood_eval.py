@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defense.baselines import BASELINES, BaselineFit, baseline_scores
+from defense.baselines import BASELINES, KNN, BaselineFit, baseline_scores
 from defense.features import Backbone, cached_features
 from defense.ood import OODFilter, native_arrays, threshold_for_tnr
 from shared.checkpoint import load_checkpoint
@@ -91,6 +91,7 @@ def evaluate_ood(
     attack_split: str = "train",
     in_limit: int | None = None,
     baselines: bool = True,
+    filter_knn: bool = True,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -103,6 +104,12 @@ def evaluate_ood(
     images (seeded sample) of the attack pool, which the filter never saw. The top-level
     `tpr`/`tnr`/`auroc`/... keys are those of the first transform (`none` by default); the
     `worst_*` keys the worst over all of them.
+
+    `filter_knn` adds kNN (Sun et al.) on the filter's own backbone features, fitted on the
+    in-distribution's training split (no outliers, no regression): does the regression on the
+    defender's out-set add anything over plain feature distance? `tpr_by_attack_class` gives
+    the TPR per class of the attack pool, which shows what the filter cannot see (an attacker
+    class that shows the victim's own classes).
     """
     parsed = [parse_transform(t) for t in transforms]  # fail fast on a bad spec
     if not parsed:
@@ -137,6 +144,14 @@ def evaluate_ood(
         for p in model.parameters():  # ODIN needs input gradients, not weight gradients
             p.requires_grad_(False)
 
+    knn = None
+    if filter_knn:
+        train_set = load_dataset(in_dataset, "train", image_size=size, seed=seed)
+        bank = cached_features(
+            ood.backbone, f"{in_dataset}-train-{size}", train_set.arrays(size), progress=progress
+        )
+        knn = KNN.fit(bank)
+    attack_targets = np.asarray(attack_set.targets)[attack_idx]
     per_transform: dict[str, dict] = {}
     for transform in parsed:
         benign = transform.apply_many(benign_src, size, quality)
@@ -146,7 +161,17 @@ def evaluate_ood(
         key_out = f"{attack_pool}-{attack_split}-{size}-n{len(attack)}-{tag}"
         f_in = cached_features(ood.backbone, key_in, benign, progress=progress)
         f_out = cached_features(ood.backbone, key_out, attack, progress=progress)
-        row = detection_metrics(ood.score_features(f_in), ood.score_features(f_out), ood.threshold)
+        scores_out = ood.score_features(f_out)
+        row = detection_metrics(ood.score_features(f_in), scores_out, ood.threshold)
+        flagged = scores_out > ood.threshold
+        row["tpr_by_attack_class"] = {
+            name: float(flagged[attack_targets == c].mean())
+            for c, name in enumerate(attack_set.classes)
+            if np.any(attack_targets == c)
+        }
+        if knn is not None:
+            k_in, k_out = -knn.score(f_in), -knn.score(f_out)
+            row["filter_knn"] = detection_metrics(k_in, k_out, threshold_for_tnr(k_in, row["tnr"]))
         if fitted is not None:
             assert model is not None
             s_in = baseline_scores(model, fitted, benign, progress=progress)
