@@ -25,19 +25,20 @@ def throwaway_victim(path: Path, arch: str = "cnn9", num_classes: int = 10, seed
 
 
 def throwaway_filter(
-    path: Path, arch: str = "cnn9", classes: int = 210, side: int = 32, seed: int = 0
+    path: Path, arch: str = "cnn5", classes: int = 210, sees: int = 16, seed: int = 0
 ) -> Path:
     """A `defender:<arch>` OOD filter with random weights: its serving cost does not depend on
-    training, only on the backbone's shape (the recommended one by default)."""
+    training, only on the backbone's shape and the side it sees (the recommended ones by
+    default: fed the victim's 32 px, it looks at them scaled to 16)."""
     from defense.features import Backbone
     from defense.ood import OODFilter
 
     torch.manual_seed(seed)
     model = create_model(arch, classes)
     dim = model.head.in_features
-    backbone = Backbone(model, f"defender:{arch}", side, arch=arch)
+    backbone = Backbone(model, f"defender:{arch}", sees, arch=arch)
     coef = np.random.default_rng(seed).normal(size=dim)
-    meta = {"backbone": f"defender:{arch}", "image_size": side, "in_dataset": "none"}
+    meta = {"backbone": f"defender:{arch}", "image_size": 32, "in_dataset": "none"}
     ood = OODFilter(backbone, np.zeros(dim), np.ones(dim), coef, 0.0, 0.5, meta)
     return ood.save(path)
 
