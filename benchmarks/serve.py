@@ -207,7 +207,7 @@ def main(
         "ood_filter_cost_single_c64": 1
         - single["single_c64_microbatch_ood_filter"]["images_per_s"]
         / max(single["single_c64_microbatch"]["images_per_s"], 1e-9),
-        "ood_filter": "defender:cnn5 (fed 32x32, sees 16x16, 210 classes, random init) + logistic regression",
+        "ood_filter": "defender:cnn5 (fed 32 px, sees 16 px, 210 classes, random) + regression",
         "p99_ms_single_c1": single["single_c1_microbatch"]["p99_ms"],
         "cpu_us_per_request": {
             name: {
