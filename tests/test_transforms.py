@@ -97,8 +97,9 @@ def test_match_in_share_of_random_encodings_goes_through_the_in_pipeline():
     changed = [not np.array_equal(p, e) for p, e in zip(plain, every, strict=True)]
     assert np.mean(changed) > 0.9
     # JPEG q30 of noise loses most of its detail: the matched images are smoother
-    assert np.abs(np.diff(every.astype(int), axis=2)).mean() < np.abs(
-        np.diff(plain.astype(int), axis=2)
-    ).mean()
+    assert (
+        np.abs(np.diff(every.astype(int), axis=2)).mean()
+        < np.abs(np.diff(plain.astype(int), axis=2)).mean()
+    )
     share = np.mean([not np.array_equal(p, h) for p, h in zip(plain, half, strict=True)])
     assert 0.25 <= share <= 0.75, share
