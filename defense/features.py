@@ -13,7 +13,8 @@ feed the filter's logistic regression. Spec strings say where it comes from:
 - `defender:<arch>`: a net the defender pretrains from scratch on data it owns, supervised on
   the in-distribution's classes together with the out-distribution's own classes (for CIFAR-10:
   its 10 classes + tiny-imagenet-defender's 200), every image randomly re-encoded
-  (`shared.transforms.random_encoding`). It stands in for the paper's ImageNet backbone,
+  (`shared.transforms.random_encoding`), optionally at a smaller side than the victim's (a
+  low-pass: `train_ood(backbone_size=...)`). It stands in for the paper's ImageNet backbone,
   which cannot be downloaded here, and never sees the attacker's pool.
 
 A backbone travels as a plain dict (`arch`, `num_classes`, `mean`, `std`, `state_dict`, ...) so
