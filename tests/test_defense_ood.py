@@ -138,6 +138,11 @@ def test_encoding_augmented_filter_keeps_its_tpr_under_jpeg_50(trained, victim_c
     )  # fmt: skip
     none, jpeg = result["per_transform"]["none"], result["per_transform"]["jpeg:50"]
     assert none["tpr"] >= 0.9 and abs(none["tpr"] - jpeg["tpr"]) <= 0.1, result
+    # the TPR per attack-pool class brackets the overall TPR; kNN on the filter's features
+    by_class = none["tpr_by_attack_class"]
+    assert len(by_class) > 1 and min(by_class.values()) <= none["tpr"] <= max(by_class.values())
+    assert 0.5 < none["filter_knn"]["auroc"] <= 1.0
+    assert abs(none["filter_knn"]["tnr"] - none["tnr"]) < 0.02  # matched to the filter's TNR
     assert jpeg["tnr"] >= 0.85
     assert result["worst_tpr"] == min(none["tpr"], jpeg["tpr"])
     assert result["worst_tnr"] == min(none["tnr"], jpeg["tnr"])
