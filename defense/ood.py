@@ -34,7 +34,7 @@ from shared.datasets import ImageDataset, load_dataset
 from shared.errors import TestbedError
 from shared.imaging import resize
 from shared.paths import data_settings
-from shared.safeload import load_weights_only
+from shared.safeload import load_weights_only, seal, unseal
 from shared.transforms import dataset_jpeg_quality, random_encodings
 
 FORMAT = "ood-filter/1"
@@ -87,7 +87,7 @@ class OODFilter:
             "meta": self.meta,
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(payload, tmp)
+        torch.save(seal(payload), tmp)
         tmp.replace(path)
         return path
 
@@ -101,6 +101,7 @@ class OODFilter:
         payload = load_weights_only(path, "OOD detector")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise TestbedError(f"{path} is not an OOD detector of this project ({FORMAT})")
+        payload = unseal(payload, path, "OOD detector")
         try:
             return cls(
                 backbone=Backbone.from_dict(payload["backbone"], device),

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from fastapi.routing import APIRoute
-from starlette.routing import Route
+from fastapi.routing import iter_route_contexts
 
 from reliability.common import CheckResult, sample_png, service_process
 from shared.errors import TestbedError
@@ -29,12 +28,16 @@ from victim_service.settings import VictimSettings
 
 
 def app_routes(settings: VictimSettings) -> list[tuple[str, str]]:
-    """(method, path) of every route the app serves, path parameters filled with `x`."""
+    """(method, path) of every route the app serves, path parameters filled with `x`.
+
+    `iter_route_contexts` walks into included routers (the /v2 router), which `app.routes`
+    holds as one opaque entry."""
     routes = []
-    for route in create_app(settings).routes:
-        if isinstance(route, APIRoute | Route):
-            path = re.sub(r"\{[^}]+\}", "x", route.path)
-            routes += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
+    for route in iter_route_contexts(create_app(settings).routes):
+        if route.path is None:
+            continue
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        routes += [(m, path) for m in sorted(getattr(route, "methods", None) or ()) if m != "HEAD"]
     return routes
 
 
@@ -142,7 +145,8 @@ class _Payload:
 
 
 def _pickled_and_corrupt_files(checkpoint: Path, workdir: Path, result: CheckResult) -> int:
-    """Checkpoints and OOD artefacts with pickled code, truncated, or altered: each refused."""
+    """Checkpoints and OOD artefacts with pickled code, truncated, altered (shapes changed) or
+    tampered (well-formed, one weight changed): each refused."""
     from defense.ood import OODFilter
     from shared.checkpoint import load_checkpoint
 
@@ -155,8 +159,13 @@ def _pickled_and_corrupt_files(checkpoint: Path, workdir: Path, result: CheckRes
     payload = torch.load(checkpoint, weights_only=True)
     payload["state_dict"] = {k: v.reshape(-1)[:1] for k, v in payload["state_dict"].items()}
     torch.save(payload, altered)
+    tampered = workdir / "tampered.pt"  # well-formed: same shapes, one weight changed
+    payload = torch.load(checkpoint, weights_only=True)
+    first = next(iter(payload["state_dict"].values()))
+    first.view(-1)[0] += 1.0
+    torch.save(payload, tampered)
     refused = 0
-    for path in (evil, truncated, altered):
+    for path in (evil, truncated, altered, tampered):
         for loader in (load_checkpoint, OODFilter.load):
             try:
                 loader(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import resource
 import signal
 import sqlite3
@@ -110,36 +111,75 @@ def check_service_restart(checkpoint: Path, workdir: Path, budget: int = 2000) -
 
 
 def check_graceful_shutdown(checkpoint: Path, in_flight: int = 64) -> CheckResult:
-    """`in_flight` requests of 32 images sent at once; SIGTERM once the service is busy."""
+    """`in_flight` requests of 32 images; SIGTERM once the service has received all of them
+    (/metrics says so; `in_flight_at_signal`: those not answered yet). Each must be answered
+    200, a connection opened after the signal refused, and the service must exit cleanly."""
     result = CheckResult("sigterm")
     env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": "cpu"}
     _, png = sample_png()
     files = [("images", (f"{i}.png", png, "image/png")) for i in range(32)]
 
-    async def burst(url: str, process: subprocess.Popen) -> tuple[list[int], float]:
-        limits = httpx.Limits(max_connections=in_flight)
+    async def burst(url: str, process: subprocess.Popen) -> tuple[list[int], float, int, bool]:
+        limits = httpx.Limits(max_connections=in_flight + 1)
         async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
             tasks = [
                 asyncio.create_task(client.post("/v1/predict", files=files))
                 for _ in range(in_flight)
             ]
-            await asyncio.sleep(0.5)  # all sent, most still queued behind the model
+            held = await _wait_received(client, in_flight, deadline=time.monotonic() + 120)
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
+            refused = await _new_connection_refused(url, started + 10)
             answers = await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(process.wait, 120)
             stopped = time.monotonic() - started
-        return [a.status_code if isinstance(a, httpx.Response) else -1 for a in answers], stopped
+        codes = [a.status_code if isinstance(a, httpx.Response) else -1 for a in answers]
+        return codes, stopped, held, refused
 
     with service_process(env) as (url, process):
-        codes, stopped = asyncio.run(burst(url, process))
+        codes, stopped, held, refused = asyncio.run(burst(url, process))
         exit_code = process.returncode
     answered = codes.count(200)
+    result.expect(held > 0, "no request was in flight when SIGTERM came (or some never arrived)")
     result.expect(answered == in_flight, f"{in_flight - answered} in-flight requests lost: {codes}")
+    result.expect(refused, "a new connection was accepted after SIGTERM")
     # uvicorn re-raises the signal it handled once it has shut down: -SIGTERM is a clean exit
     result.expect(exit_code in (0, -signal.SIGTERM), f"the service exited with {exit_code}")
-    result.figures = {"in_flight": in_flight, "answered": answered, "shutdown_s": round(stopped, 2)}
+    result.figures = {"requests": in_flight, "in_flight_at_signal": held, "answered": answered,
+                      "new_refused": refused, "shutdown_s": round(stopped, 2)}  # fmt: skip
     return result
+
+
+def received_and_in_flight(metrics: str) -> tuple[int, int]:
+    """(prediction requests the service has received, those not yet answered) from /metrics."""
+    held = re.search(r"^victim_requests_in_flight (\S+)$", metrics, re.MULTILINE)
+    done = re.findall(r"^victim_requests_total\{[^}]*\} (\S+)$", metrics, re.MULTILINE)
+    in_flight = int(float(held.group(1))) if held else 0
+    return in_flight + int(sum(float(d) for d in done)), in_flight
+
+
+async def _wait_received(client: httpx.AsyncClient, wanted: int, deadline: float) -> int:
+    """Poll /metrics until the service has received `wanted` requests; those still in flight."""
+    received, held = 0, 0
+    while time.monotonic() < deadline:
+        received, held = received_and_in_flight((await client.get("/metrics")).text)
+        if received >= wanted:
+            break
+        await asyncio.sleep(0.05)
+    return held if received >= wanted else 0
+
+
+async def _new_connection_refused(url: str, deadline: float) -> bool:
+    """True once a fresh TCP connection to the service is refused (it stopped listening)."""
+    host, port = url.removeprefix("http://").split(":")
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            return True
+        writer.close()
+        await asyncio.sleep(0.05)
+    return False
 
 
 def check_attacker_kills(

@@ -10,7 +10,7 @@ import torch
 
 from shared.errors import TestbedError
 from shared.models import Classifier, create_model
-from shared.safeload import load_weights_only, one_line
+from shared.safeload import load_weights_only, one_line, seal, unseal
 
 FORMAT_VERSION = 1
 
@@ -41,7 +41,7 @@ def save_checkpoint(path: str | Path, model: Classifier, card: ModelCard) -> Pat
         "saved_at": time.time(),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
+    torch.save(seal(payload), tmp)
     tmp.replace(path)
     return path
 
@@ -53,6 +53,7 @@ def load_checkpoint(
     payload = load_weights_only(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise TestbedError(f"{path} is not a checkpoint of this project (format {FORMAT_VERSION})")
+    payload = unseal(payload, path, "checkpoint")
     try:
         card = ModelCard(**payload["card"])
         model = create_model(card.arch, card.num_classes, mean=card.mean, std=card.std)

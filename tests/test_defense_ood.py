@@ -69,6 +69,10 @@ def test_artefact_is_self_contained_and_loads_weights_only(trained, tmp_path):
         OODFilter.load(bad)
     with pytest.raises(TestbedError, match="does not exist"):
         OODFilter.load(tmp_path / "missing.pt")
+    payload["threshold"] += 1.0  # well-formed but altered: refused by its recorded sha256
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(TestbedError, match="does not match the sha256"):
+        OODFilter.load(tmp_path / "tampered.pt")
 
 
 def test_scratch_backbone_trains_on_the_binary_task(tmp_path):

@@ -36,6 +36,7 @@ from victim_service.answering import ReadImages, json_response
 from victim_service.batching import MicroBatcher, ServiceStopping
 from victim_service.errors import ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
+from victim_service.memory import limit_malloc_arenas
 from victim_service.metrics import ServiceMetrics
 from victim_service.multipart import boundary_of, split_images
 from victim_service.settings import VictimSettings
@@ -95,6 +96,7 @@ Client = Annotated[str, Depends(authenticate)]
 def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None = None) -> FastAPI:
     """The app; `blackbox` when the caller loaded it already (the CLI does, to fail cleanly)."""
     settings = settings or VictimSettings()
+    limit_malloc_arenas()  # before the decoding and model threads start (see memory.py)
     metrics = ServiceMetrics(settings.metrics_max_clients)
     limiter = (
         RateLimiter(
@@ -175,6 +177,10 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
         images, clients and latency are counted in /metrics.
         """
         start = time.perf_counter()
+        with metrics.in_flight.track_inprogress():
+            return await _answer(request, client, read, start)
+
+    async def _answer(request: Request, client: str, read: ReadImages, start: float) -> list[dict]:
         try:
             count, images = await read()
             if limiter is not None:

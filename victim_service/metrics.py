@@ -43,6 +43,11 @@ class ServiceMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "victim_requests_in_flight",
+            "Prediction requests received and not yet answered",
+            registry=self.registry,
+        )
         self.max_client_labels = max_client_labels
         self._labelled: set[str] = set()
         self._lock = threading.Lock()

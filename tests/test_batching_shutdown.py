@@ -1,0 +1,48 @@
+"""Shutdown drains the micro-batcher: requests queued when the lifespan ends still get answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from victim_service.batching import MicroBatcher
+
+
+def test_stop_answers_every_job_already_submitted():
+    """Regression: `stop()` cancelled the worker and the executor's futures, so jobs queued
+    behind a running batch at shutdown were lost (their requests answered 500, or never)."""
+    release = threading.Event()
+
+    def run(images: np.ndarray, clients: list[str]) -> list:
+        release.wait(5)  # the first batch is still running when stop() is called
+        return [int(x[0, 0, 0]) for x in images]
+
+    async def scenario() -> list:
+        batcher = MicroBatcher(run, max_size=1, max_wait_ms=1)
+        await batcher.start()
+        jobs = [
+            asyncio.create_task(batcher.submit(np.full((1, 2, 2, 3), i, np.uint8), "c"))
+            for i in range(5)
+        ]
+        await asyncio.sleep(0.05)  # all five queued, the first one running
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(stopping, 10)
+        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 10)
+
+    assert asyncio.run(scenario()) == [[0], [1], [2], [3], [4]]
+
+
+def test_stop_without_batching_waits_for_the_running_job():
+    async def scenario() -> list:
+        batcher = MicroBatcher(lambda images, clients: [len(images)], max_wait_ms=0)
+        await batcher.start()
+        job = asyncio.create_task(batcher.submit(np.zeros((3, 2, 2, 3), np.uint8), "c"))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        return await job
+
+    assert asyncio.run(scenario()) == [3]
