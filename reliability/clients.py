@@ -73,7 +73,7 @@ def check_many_clients(
     concurrency: int = 64,
     max_buckets: int = 10_000,
     max_labels: int = 100,
-    max_growth_mib: float | None = 64,
+    max_growth_mib: float | None = 128,
 ) -> CheckResult:
     result = CheckResult("many-clients")
     env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": "cpu",

@@ -59,6 +59,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class ProtocolErrorBody(BaseModel):
+    """A refusal under /v2: the Open Inference Protocol's `{"error": message}`, plus our facts."""
+
+    error: str
+    kind: str
+    position: int | None = None
+
+
 class AnswerError(TestbedError):
     """A prediction row that is not a valid answer (malformed, out of range, NaN, negative)."""
 

@@ -46,3 +46,15 @@ def test_stop_without_batching_waits_for_the_running_job():
         return await job
 
     assert asyncio.run(scenario()) == [3]
+
+
+def test_malloc_arenas_are_bounded_where_glibc_runs():
+    """Regression (many-clients: resident memory grew by hundreds of MiB over 100,000 clients
+    with every per-client structure at its bound): glibc must take the arena limit."""
+    import platform
+
+    from victim_service.memory import limit_malloc_arenas
+
+    if platform.libc_ver()[0] != "glibc":
+        return
+    assert limit_malloc_arenas(2)

@@ -30,11 +30,17 @@ from shared.checkpoint import load_checkpoint
 from shared.device import resolve_device
 from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
 from shared.pipeline import Blackbox, Granularity
-from shared.schemas import ErrorBody, ModelInfo, PredictJSONRequest, PredictResponse
+from shared.schemas import (
+    ErrorBody,
+    ModelInfo,
+    PredictJSONRequest,
+    PredictResponse,
+    ProtocolErrorBody,
+)
 from victim_service.access import PUBLIC_PATHS, ApiKeyMiddleware
 from victim_service.answering import ReadImages, json_response
 from victim_service.batching import MicroBatcher, ServiceStopping
-from victim_service.errors import ApiError, install_error_handlers
+from victim_service.errors import V2_PREFIX, ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
 from victim_service.memory import limit_malloc_arenas
 from victim_service.metrics import ServiceMetrics
@@ -301,15 +307,17 @@ def _document_security(app: FastAPI) -> None:
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
             }
-            unauthorized = {
-                "description": "Missing or invalid API key",
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
-                },
-            }
             for path, operations in schema["paths"].items():
                 if path in PUBLIC_PATHS:
                     continue
+                # both shapes are in the document already (/v1 and /v2 routes name them)
+                shape = (ProtocolErrorBody if path.startswith(V2_PREFIX) else ErrorBody).__name__
+                unauthorized = {
+                    "description": "Missing or invalid API key",
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+                    },
+                }
                 for operation in operations.values():
                     operation["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}]
                     operation.setdefault("responses", {}).setdefault("401", unauthorized)

@@ -30,6 +30,7 @@ from shared.inference_protocol import (
     parse_request,
 )
 from shared.pipeline import Blackbox
+from shared.schemas import ProtocolErrorBody
 from victim_service.answering import Answer
 from victim_service.errors import ApiError
 from victim_service.settings import VictimSettings
@@ -178,6 +179,18 @@ def images_from_tensor(tensor: Any, array: np.ndarray, size: int, max_images: in
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
 
 
+def documented(*statuses: int) -> dict:
+    """`responses=` for the refusals a route really answers, in the protocol's error shape."""
+    return {status: {"model": ProtocolErrorBody} for status in statuses}
+
+
+MODEL_REFUSALS = (404, 503)
+"""Unknown model or version; the model not loaded (yet, or any more while shutting down)."""
+INFER_REFUSALS = (400, 403, 404, 413, 415, 422, 429)
+"""Malformed tensors or parameters, defenses, unknown model, size limits, media type or
+encoding, no images, the rate limit: the same refusals as /v1/predict's, in this shape."""
+
+
 def v2_router(settings: VictimSettings, client_dep: Any, answer: Answer) -> APIRouter:
     """The /v2 routes; `client_dep` authenticates like /v1, `answer` is /v1's way to answers."""
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
@@ -206,7 +219,7 @@ def v2_router(settings: VictimSettings, client_dep: Any, answer: Answer) -> APIR
     async def live() -> dict:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Server ready (model loaded)")
+    @router.get("/health/ready", summary="Server ready (model loaded)", responses=documented(503))
     async def ready(request: Request) -> dict:
         if not request.app.state.ready:
             raise not_ready()
@@ -302,10 +315,12 @@ def v2_router(settings: VictimSettings, client_dep: Any, answer: Answer) -> APIR
     # every model route with and without /versions/{version}, as the protocol has them
     for suffix in ("", "/versions/{version}"):
         path = "/models/{name}" + suffix
-        router.add_api_route(path, model_metadata, methods=["GET"], summary="Model metadata")
-        router.add_api_route(path + "/ready", model_ready, methods=["GET"], summary="Model ready")
+        router.add_api_route(path, model_metadata, methods=["GET"], summary="Model metadata",
+                             responses=documented(*MODEL_REFUSALS))  # fmt: skip
+        router.add_api_route(path + "/ready", model_ready, methods=["GET"], summary="Model ready",
+                             responses=documented(*MODEL_REFUSALS))  # fmt: skip
         router.add_api_route(
             path + "/infer", infer_route, methods=["POST"], summary="Inference",
-            response_class=Response,
+            response_class=Response, responses=documented(*INFER_REFUSALS),
         )  # fmt: skip
     return router
