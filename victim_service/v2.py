@@ -186,9 +186,9 @@ def documented(*statuses: int) -> dict:
 
 MODEL_REFUSALS = (404, 503)
 """Unknown model or version; the model not loaded (yet, or any more while shutting down)."""
-INFER_REFUSALS = (400, 403, 404, 413, 415, 422, 429)
+INFER_REFUSALS = (400, 403, 404, 413, 415, 422, 429, 503)
 """Malformed tensors or parameters, defenses, unknown model, size limits, media type or
-encoding, no images, the rate limit: the same refusals as /v1/predict's, in this shape."""
+encoding, no images, the rate limit, shutting down: /v1/predict's refusals, in this shape."""
 
 
 def v2_router(settings: VictimSettings, client_dep: Any, answer: Answer) -> APIRouter:
