@@ -10,13 +10,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DataSettings(BaseSettings):
-    """`TESTBED_DATA_DIR`, `TESTBED_CACHE_DIR`, `TESTBED_DOWNLOAD` from the environment."""
+    """`TESTBED_DATA_DIR`, `TESTBED_CACHE_DIR`, `TESTBED_DOWNLOAD`,
+    `TESTBED_EXPERIMENTS_CACHE_DIR` from the environment."""
 
     model_config = SettingsConfigDict(env_prefix="TESTBED_")
 
     data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
     cache_dir: Path = Path.home() / ".cache" / "extraction-testbed"
     download: bool = False
+    experiments_cache_dir: Path = Path("runs/cache")
+    """Victims, transfer sets and knockoffs of the experiments, by config hash (relative paths
+    are under the working folder); point several checkouts at one folder to share them."""
 
 
 def data_settings() -> DataSettings:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 from typer.testing import CliRunner
 
 from scenarios.cli import app
-from scenarios.experiments import granularity
+from scenarios.experiments import granularity, steps
 from scenarios.experiments.cache import cached_path, config_hash
 from scenarios.experiments.report import render
 
@@ -30,9 +31,10 @@ def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):
 @pytest.mark.timeout(1800)
 def test_granularity_quick_through_the_real_service(victim_checkpoint, tmp_path, monkeypatch):
     """Six settings, one budget, the real service for each; probabilities beat labels."""
-    monkeypatch.chdir(tmp_path)  # the cache is runs/cache under the working folder
-    recipe = granularity.victim_recipe(granularity.QUICK)
+    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = asdict(granularity.QUICK.victim)
     shutil.copy(victim_checkpoint, cached_path("victims", recipe, ".pt"))  # same recipe
+    assert (tmp_path / "cache" / "victims").is_dir()  # the cache root comes from the setting
     lines: list[str] = []
     out = tmp_path / "results" / "granularity"
     results = granularity.run(out, quick=True, say=lines.append)
@@ -44,7 +46,7 @@ def test_granularity_quick_through_the_real_service(victim_checkpoint, tmp_path,
     assert list(rows) == [s.name for s in granularity.SETTINGS]
     assert saved["victim_accuracy"] > 0.9
     for row in rows.values():
-        assert row["queries"] == granularity.QUICK.budget
+        assert row["queries"] == granularity.QUICK.query.budget
         assert 0.0 <= row["knockoff_accuracy"] <= 1.0 and 0.0 <= row["agreement"] <= 1.0
         assert 0.0 <= row["recovery"] <= 1.5 and row["seconds"] > 0
     probs, label = rows["probabilities"], rows["label only"]
@@ -58,7 +60,7 @@ def test_granularity_quick_through_the_real_service(victim_checkpoint, tmp_path,
     def no_service(*args, **kwargs):
         raise AssertionError("a cached rerun must not query again")
 
-    monkeypatch.setattr(granularity, "service_process", no_service)
+    monkeypatch.setattr(steps, "service_process", no_service)
     again = granularity.run(out, quick=True, say=lines.append)
     assert [r["agreement"] for r in again["rows"]] == [r["agreement"] for r in saved["rows"]]
 

@@ -1,9 +1,18 @@
-"""results.json -> results.md (a table) and results.png (one bar per row): data first."""
+"""results.json -> results.md (a table) and results.png (bars, or lines with a spread band):
+data first, so the table and the figure can always be regenerated from the JSON alone.
+
+An experiment's results may say how they are shown: `table` (which list to tabulate, default
+"rows"), `columns` (which of its keys), `notes` (lines under the table) and `plot`
+({"kind": "bars", "y": ...} or {"kind": "lines", "x", "y", "series", "logx"}: the rows grouped
+by series and x, drawn as the mean with a min-max band when several seeds share a point).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 COLUMNS = ("setting", "queries", "knockoff_accuracy", "recovery", "agreement", "seconds")
 
@@ -15,7 +24,12 @@ def write_results(results: dict, out: Path) -> Path:
     return path
 
 
+def _cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def markdown(results: dict) -> str:
+    columns = results.get("columns", COLUMNS)
     lines = [
         f"# {results['experiment']}{' (quick)' if results.get('quick') else ''}",
         "",
@@ -23,13 +37,44 @@ def markdown(results: dict) -> str:
         "",
         f"Victim accuracy {results['victim_accuracy']:.4f}; seed {results['seed']}.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
-    for row in results["rows"]:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    for row in results[results.get("table", "rows")]:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    notes = results.get("notes", [])
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+
+
+def _bars(ax, results: dict, column: str) -> None:
+    rows = results["rows"]
+    ax.bar([r["setting"] for r in rows], [r[column] for r in rows], color="#4c72b0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(column)
+    ax.set_title(f"{results['experiment']}: {column} at {rows[0]['queries']} queries")
+    ax.tick_params(axis="x", rotation=30)
+
+
+def _lines(ax, results: dict, spec: dict) -> None:
+    x, y, series = spec["x"], spec["y"], spec["series"]
+    for name in dict.fromkeys(r[series] for r in results["rows"]):
+        points: dict[float, list[float]] = {}
+        for r in results["rows"]:
+            if r[series] == name:
+                points.setdefault(r[x], []).append(r[y])
+        xs = sorted(points)
+        values = [np.asarray(points[v], dtype=float) for v in xs]
+        line = ax.plot(xs, [v.mean() for v in values], marker="o", label=str(name))[0]
+        if any(len(v) > 1 for v in values):
+            low, high = [v.min() for v in values], [v.max() for v in values]
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    if spec.get("logx"):
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"{results['experiment']}: {y} against {x}")
+    ax.legend()
+    ax.grid(alpha=0.3)
 
 
 def plot(results: dict, path: Path, column: str = "agreement") -> Path:
@@ -38,13 +83,13 @@ def plot(results: dict, path: Path, column: str = "agreement") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-    ax.bar([r["setting"] for r in rows], [r[column] for r in rows], color="#4c72b0")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(column)
-    ax.set_title(f"{results['experiment']}: {column} at {rows[0]['queries']} queries")
-    ax.tick_params(axis="x", rotation=30)
+    spec = results.get("plot", {"kind": "bars", "y": column})
+    if spec["kind"] == "lines":
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _lines(ax, results, spec)
+    else:
+        fig, ax = plt.subplots(figsize=(1.2 * len(results["rows"]) + 2, 3.5))
+        _bars(ax, results, spec["y"])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,133 @@
+"""The steps every experiment shares, each cached by its configuration: the victim of a recipe,
+a transfer set queried from the live service, and a knockoff trained on it with its evaluation.
+
+An experiment says what differs between its rows (the service's settings, the strategy, the
+budget, the knockoff) and calls these; a step that another experiment (or an earlier run)
+already made costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from attacker.evaluate import evaluate
+from attacker.query import QueryConfig, run_query
+from attacker.strategies import AdaptiveConfig
+from attacker.train import KnockoffOptions, train_knockoff
+from attacker.transfer import load_transfer_set
+from scenarios.experiments.cache import cached_path, config_hash, making
+from victim_service.launch import service_process
+from victim_service.recipes import recipe_for
+from victim_service.train import train_victim
+
+Say = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    """A victim's training recipe: its cache key."""
+
+    dataset: str
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+
+    @classmethod
+    def of(cls, dataset: str, seed: int = 0, **overrides: object) -> VictimSpec:
+        """The dataset's recipe (victim_service/recipes.py), with any field overridden."""
+        r = recipe_for(dataset)
+        spec = cls(dataset, r.arch, r.epochs, r.batch_size, r.lr, seed)
+        return replace(spec, **overrides)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """What the attacker asks: pool, budget, strategy, seed (and the bandit's knobs)."""
+
+    pool: str
+    pool_size: int | None
+    budget: int
+    strategy: str = "random"
+    seed: int = 0
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+    def key(self) -> dict:
+        key = asdict(self)
+        if self.strategy != "adaptive":
+            key.pop("adaptive")  # the bandit's knobs do not change a random plan
+        return key
+
+
+def cached_victim(spec: VictimSpec, say: Say = lambda _: None) -> Path:
+    """The victim's checkpoint, trained once per recipe."""
+    path = cached_path("victims", asdict(spec), ".pt")
+    with making(path):
+        if not path.exists():
+            say(f"  training the victim {spec.arch} on {spec.dataset} ({spec.epochs} epochs)")
+            train_victim(
+                spec.dataset, spec.arch, path, epochs=spec.epochs, batch_size=spec.batch_size,
+                lr=spec.lr, seed=spec.seed, progress=False,
+            )  # fmt: skip
+    return path
+
+
+def cached_transfer_set(
+    victim: VictimSpec, env: Mapping[str, str], query: QuerySpec, say: Say = lambda _: None
+) -> Path:
+    """The SQLite transfer set of `query` against the victim served with `env` (the service's
+    VICTIM_* settings: output, defenses), queried over HTTP once per configuration."""
+    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "query": query.key()}
+    db = cached_path("transfer", spec, ".sqlite")
+    done = db.with_suffix(".done")
+    with making(db):
+        if done.exists():
+            return db
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim, say)),
+                       "VICTIM_MAX_IMAGES": "64", **env}  # fmt: skip
+        with service_process(service_env) as (url, _):
+            say(f"  querying {url}: {query.budget} images, {query.strategy}, seed {query.seed}")
+            run_query(
+                QueryConfig(url=url, pool=query.pool, budget=query.budget, db=db,
+                            strategy=query.strategy, seed=query.seed,
+                            pool_size=query.pool_size, adaptive=query.adaptive,
+                            concurrency=8, batch_size=32, progress=False)
+            )  # fmt: skip
+        done.write_text("complete\n")
+    return db
+
+
+def knockoff_row(
+    db: Path,
+    budget: int,
+    options: KnockoffOptions,
+    victim: VictimSpec,
+    *,
+    hard_labels: bool = False,
+) -> dict:
+    """A fresh knockoff on the first `budget` answers of `db`, evaluated against the victim on
+    its test split (both cached): knockoff and victim accuracy, recovery, agreement, seconds."""
+    spec = {"transfer": db.stem, "budget": budget, "hard_labels": hard_labels,
+            "options": asdict(replace(options, progress=False))}  # fmt: skip
+    knockoff = cached_path("knockoffs", spec, ".pt")
+    scores = knockoff.with_suffix(".eval.json")
+    with making(knockoff):
+        if scores.exists():
+            return json.loads(scores.read_text())
+        start = time.perf_counter()
+        if not knockoff.exists():
+            transfer = load_transfer_set(db, budget=budget, hard_labels=hard_labels)
+            train_knockoff(transfer, replace(options, progress=False), knockoff)
+        e = evaluate(knockoff, cached_victim(victim), victim.dataset, "test")
+        row = {key: e[key] for key in ("victim_accuracy", "knockoff_accuracy", "recovery",
+                                       "agreement", "macro_recovery")}  # fmt: skip
+        row |= {"queries": budget, "seconds": time.perf_counter() - start}
+        scores.write_text(json.dumps(row, indent=2) + "\n")
+    return row
