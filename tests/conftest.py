@@ -16,6 +16,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("TESTBED_CACHE_DIR", str(cache))
     monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(cache / "experiments"))
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +28,19 @@ def victim_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = train_victim("digits", "cnn5", out, epochs=8, batch_size=64, lr=0.05, progress=False)
     assert result.test_accuracy > 0.9
     return out
+
+
+@pytest.fixture
+def quick_experiments(victim_checkpoint: Path) -> Path:
+    """The experiments' cache (shared by the session's tests) holding the quick scale's victim:
+    the session's victim fixture has the same recipe, so no experiment test trains another."""
+    import shutil
+    from dataclasses import asdict
+
+    from scenarios.experiments.cache import cache_root, cached_path
+    from scenarios.experiments.scale import QUICK_VICTIM
+
+    path = cached_path("victims", asdict(QUICK_VICTIM), ".pt")
+    if not path.exists():
+        shutil.copy(victim_checkpoint, path)
+    return cache_root()

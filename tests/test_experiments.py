@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import asdict
 
 import pytest
 from typer.testing import CliRunner
 
 from scenarios.cli import app
 from scenarios.experiments import granularity, steps
-from scenarios.experiments.cache import cached_path, config_hash
+from scenarios.experiments.cache import config_hash
 from scenarios.experiments.report import render
 
 
@@ -29,12 +27,9 @@ def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.timeout(1800)
-def test_granularity_quick_through_the_real_service(victim_checkpoint, tmp_path, monkeypatch):
+def test_granularity_quick_through_the_real_service(quick_experiments, tmp_path, monkeypatch):
     """Six settings, one budget, the real service for each; probabilities beat labels."""
-    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
-    recipe = asdict(granularity.QUICK.victim)
-    shutil.copy(victim_checkpoint, cached_path("victims", recipe, ".pt"))  # same recipe
-    assert (tmp_path / "cache" / "victims").is_dir()  # the cache root comes from the setting
+    assert (quick_experiments / "victims").is_dir()  # the root comes from the setting
     lines: list[str] = []
     out = tmp_path / "results" / "granularity"
     results = granularity.run(out, quick=True, say=lines.append)
