@@ -71,10 +71,15 @@ class RandomStrategy:
 class AdaptiveConfig:
     """The gradient bandit's knobs (validated once, here)."""
 
-    lr: float = 0.5
-    """Step size of the preference updates."""
+    lr: float = 0.05
+    """Step size of the preference updates. 0.5 collapsed onto a few pool classes (the
+    preferences random-walk on noisy rewards faster than any signal shows; see budget)."""
+    exploration: float = 0.1
+    """EXP3's uniform mix: each choice is drawn from (1 - g) softmax(H) + g uniform, so no
+    available group or class falls below g / count (the preferences still learn from it)."""
     reward_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Weights of (certainty, diversity, loss) after each is rescaled to [0, 1]."""
+    """Weights of (certainty, diversity, loss) after each is z-scored by its running mean and
+    standard deviation (as ART's KnockoffNets normalizes them)."""
     diversity_decay: float = 0.98
     """Decay of the running mean answer that diversity is measured against."""
     preference_clip: float = 30.0
@@ -86,6 +91,8 @@ class AdaptiveConfig:
     def __post_init__(self) -> None:
         if not (self.lr > 0 and self.knockoff_lr > 0 and self.preference_clip > 0):
             raise TestbedError("adaptive: lr, knockoff_lr and preference_clip must be > 0")
+        if not 0 <= self.exploration <= 1:
+            raise TestbedError("adaptive: exploration must be in [0, 1]")
         if not 0 < self.diversity_decay < 1:
             raise TestbedError("adaptive: diversity_decay must be in (0, 1)")
         if len(self.reward_weights) != 3 or min(self.reward_weights) < 0:
@@ -104,16 +111,32 @@ class _Choice:
     class_policy: np.ndarray
 
 
-class _RunningRange:
-    """Running min and max, to rescale a reward to [0, 1] without knowing its scale."""
+class _RunningMoments:
+    """Running mean and standard deviation (Welford), to z-score a reward part whatever its
+    scale, as ART's KnockoffNets normalizes each part before averaging them."""
 
     def __init__(self) -> None:
-        self.low, self.high = np.inf, -np.inf
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
     def scale(self, value: float) -> float:
-        self.low, self.high = min(self.low, value), max(self.high, value)
-        span = self.high - self.low
-        return 0.5 if span < 1e-12 else (value - self.low) / span
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
+        std = np.sqrt(self.m2 / self.count)
+        if self.count < 2 or std < 1e-12:
+            return 0.0
+        return float(np.clip((value - self.mean) / std, -REWARD_CLIP, REWARD_CLIP))
+
+
+REWARD_CLIP = 5.0
+"""A z-scored reward part is kept in [-5, 5], so one outlier cannot swing the preferences."""
+
+
+def _explore(policy: np.ndarray, available: np.ndarray, share: float) -> np.ndarray:
+    """(1 - share) policy + share uniform over the available actions (EXP3's mix)."""
+    uniform = available / available.sum()
+    return (1.0 - share) * policy + share * uniform
 
 
 class AdaptiveStrategy:
@@ -124,9 +147,11 @@ class AdaptiveStrategy:
     unused image of that class. The reward mixes the victim's certainty (top-2 margin), the
     diversity of its answer against the running mean answer, and the loss of a small online
     knockoff (softmax regression on downsampled pixels) on the answer, each from what the API
-    disclosed only (`attacker.rewards`); each part is rescaled to [0, 1] and the parts an answer
-    cannot tell (certainty of a bare label) are left out. The update (`attacker.bandit`) uses
-    reward minus a running-mean baseline and the policies the choice was sampled from.
+    disclosed only (`attacker.rewards`); each part is z-scored by its running mean and standard
+    deviation and the parts an answer cannot tell (certainty of a bare label) are left out. The
+    update (`attacker.bandit`) uses reward minus a running-mean baseline and the softmax
+    policies standing when the choice was made; the choice itself is drawn from those policies
+    mixed with a uniform share (`exploration`, as EXP3), so the bandit cannot starve a class.
     Preferences, rewards and knockoff weights are kept finite: clipped preferences, clipped
     probabilities in the loss, a clipped knockoff gradient.
     """
@@ -176,7 +201,7 @@ class AdaptiveStrategy:
         self.choices: dict[int, _Choice] = {}
         self.baseline, self.observed = 0.0, 0
         self.mean_answer = np.full(self.num_outputs, 1.0 / self.num_outputs)
-        self.ranges = [_RunningRange() for _ in range(3)]
+        self.moments = [_RunningMoments() for _ in range(3)]
         side = self.config.knockoff_side
         self.weights = np.zeros((side * side * 3, self.num_outputs))
         self.bias = np.zeros(self.num_outputs)
@@ -197,11 +222,13 @@ class AdaptiveStrategy:
             available = self._class_mask()
             group_mask = np.zeros(len(self.groups), dtype=bool)
             group_mask[np.unique(self.group_of[available])] = True
+            share = self.config.exploration
             group_policy = softmax_policy(self.group_prefs, group_mask)
-            g = int(rng.choice(len(self.groups), p=group_policy))
+            g = int(rng.choice(len(self.groups), p=_explore(group_policy, group_mask, share)))
             members = np.asarray(self.groups[g])
             class_policy = softmax_policy(self.class_prefs[members], available[members])
-            local = int(rng.choice(len(members), p=class_policy))
+            mixed = _explore(class_policy, available[members], share)
+            local = int(rng.choice(len(members), p=mixed))
             c = int(members[local])
             picked.append(int(self.queues[c][self.heads[c]]))
             self.heads[c] += 1
@@ -234,7 +261,7 @@ class AdaptiveStrategy:
     # ------------------------------------------------------------------ learning
 
     def _reward(self, answer: Answer, q: np.ndarray) -> float:
-        """Weighted mean of the reward parts the answer discloses, each rescaled to [0, 1]."""
+        """Weighted mean of the reward parts the answer discloses, each z-scored."""
         cfg = self.config
         raw = (
             certainty(answer),
@@ -247,13 +274,14 @@ class AdaptiveStrategy:
         )
         total = weight = 0.0
         scaled = np.full(3, np.nan)
-        for i, (value, rng, w) in enumerate(zip(raw, self.ranges, cfg.reward_weights, strict=True)):
+        parts = zip(raw, self.moments, cfg.reward_weights, strict=True)
+        for i, (value, moments, w) in enumerate(parts):
             if value is None or not np.isfinite(value) or w == 0:
                 continue
-            scaled[i] = rng.scale(float(value))
+            scaled[i] = moments.scale(float(value))
             total, weight = total + w * scaled[i], weight + w
         self.last_rewards = scaled
-        return total / weight if weight > 0 else 0.5
+        return total / weight if weight > 0 else 0.0
 
     def _update(self, choice: _Choice, advantage: float) -> None:
         """Gradient-bandit step on the chosen group and on the chosen class inside it."""

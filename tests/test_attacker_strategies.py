@@ -7,7 +7,13 @@ import pytest
 
 from attacker.bandit import bandit_step, softmax_policy
 from attacker.rewards import certainty, effective_target, knockoff_loss
-from attacker.strategies import AdaptiveStrategy, RandomStrategy, make_strategy
+from attacker.strategies import (
+    REWARD_CLIP,
+    AdaptiveConfig,
+    AdaptiveStrategy,
+    RandomStrategy,
+    make_strategy,
+)
 from shared.errors import TestbedError
 from shared.schemas import parse_answer
 
@@ -81,7 +87,7 @@ def test_adaptive_state_stays_finite_on_a_long_run(mode):
     state = strategy.state()
     for name in ("group_prefs", "class_prefs", "group_policy", "mean_answer", "knockoff_weights"):
         assert np.all(np.isfinite(state[name])), name
-    assert np.isfinite(state["baseline"]) and 0 <= state["baseline"] <= 1
+    assert np.isfinite(state["baseline"]) and abs(state["baseline"]) <= REWARD_CLIP
     assert state["group_prefs"].min() >= -strategy.config.preference_clip
     assert state["group_policy"].sum() == pytest.approx(1.0)
     assert state["observed"] > 3000
@@ -117,27 +123,29 @@ def _one_group_pool(classes: int = 10, n: int = 400):
 
 
 def test_adaptive_updates_with_the_policy_it_sampled_from_not_the_current_one():
-    """Position 1 is chosen from the uniform starting policy; position 0's answer moves the
-    preferences before position 1's arrives. Sutton & Barto 2.8 with the *sampled* policy moves
-    every other class by the same amount (uniform pi); the policy standing at answer time
-    would move the class position 0 chose differently from the rest."""
+    """Positions 0-2 are chosen from the uniform starting policy; the answers of 0 and 1 move
+    the preferences (the first z-scored reward is 0, the second is not) before position 2's
+    arrives. Sutton & Barto 2.8 with the *sampled* policy moves every class but position 2's
+    by the same amount (uniform pi); the policy standing at answer time would not."""
     targets, images, groups = _one_group_pool()
     strategy = AdaptiveStrategy(targets, 10, 100, class_groups=groups, seed=0)
-    first, second = strategy.select(0, 1), strategy.select(1, 1)
-    a0, a1 = int(targets[first[0]]), int(targets[second[0]])
-    assert a0 != a1  # the seed is chosen so that the two positions pick different classes
+    picks = [strategy.select(p, 1) for p in range(3)]
+    chosen = [int(targets[p[0]]) for p in picks]
+    assert chosen[1] != chosen[2]  # the seed is chosen so that they pick different classes
     vague = {"probabilities": [0.1] * 10}
     sure = {"probabilities": [0.0] * 9 + [1.0]}
-    strategy.observe(0, first, images[first], [vague])
+    for position, answer in ((0, vague), (1, sure)):
+        strategy.observe(position, picks[position], images[picks[position]], [answer])
     before = strategy.state()["class_prefs"]
-    assert np.ptp(before) > 0  # position 0's update made the current policy non-uniform
-    strategy.observe(1, second, images[second], [sure])
+    baseline = strategy.state()["baseline"]  # R̄ when position 2's answer arrives
+    assert np.ptp(before) > 0  # position 1's update made the current policy non-uniform
+    strategy.observe(2, picks[2], images[picks[2]], [sure])
     delta = strategy.state()["class_prefs"] - before
-    others = np.delete(delta, a1)
+    others = np.delete(delta, chosen[2])
     assert np.ptp(delta) > 1e-3  # a real update happened
     assert np.allclose(others, others[0], atol=1e-12)
-    reward = float(np.mean(strategy.state()["last_rewards"]))  # equal weights; R̄ was 0.5
-    assert delta[a1] - others[0] == pytest.approx(strategy.config.lr * (reward - 0.5))
+    reward = float(np.mean(strategy.state()["last_rewards"]))  # equal weights
+    assert delta[chosen[2]] - others[0] == pytest.approx(strategy.config.lr * (reward - baseline))
 
 
 def test_gradient_bandit_step_replays_sutton_and_barto_on_hand_made_numbers():
@@ -184,4 +192,30 @@ def test_adaptive_rewards_from_partial_answers_stay_in_range(mode):
     _drive(strategy, images, 400, 8, 1, mode)
     rewards = strategy.state()["last_rewards"]
     assert np.isnan(rewards[0]) == (mode == "label")  # a label has no certainty to reward
-    assert np.all((rewards[1:] >= 0) & (rewards[1:] <= 1))
+    assert np.all(np.abs(rewards[1:]) <= REWARD_CLIP)  # z-scored, clipped
+
+
+def test_exploration_keeps_every_group_in_the_sample_when_rewards_favour_a_few():
+    """With a step size that collapses the softmax (0.5, no mix) the dark groups starve; with
+    EXP3's uniform share g each of the 10 groups keeps at least about g / 10 of the picks."""
+    targets, images, groups = _pool()
+    shares = {}
+    for mix in (0.0, 0.3):
+        config = AdaptiveConfig(lr=0.5, exploration=mix)
+        strategy = AdaptiveStrategy(targets, 10, 2000, class_groups=groups, seed=0, config=config)
+        late = targets[_drive(strategy, images, 2000, 8, 2, "probs")[-1000:]] // 4
+        shares[mix] = np.bincount(late, minlength=10) / 1000
+    assert shares[0.0].min() < 0.01, shares  # the collapse the mix is there to prevent
+    assert shares[0.3].min() > 0.015, shares  # g / 10 = 0.03, less noise and emptied classes
+
+
+def test_reward_parts_are_z_scored_by_their_running_moments():
+    targets, images, groups = _pool(n=800)
+    strategy = AdaptiveStrategy(targets, 10, 400, class_groups=groups, seed=0)
+    _drive(strategy, images, 400, 8, 1, "probs")
+    moments = strategy.moments[0]  # certainty
+    assert moments.count > 300 and moments.m2 > 0
+    value = moments.mean + 2 * np.sqrt(moments.m2 / moments.count)
+    assert moments.scale(value) == pytest.approx(2.0, abs=0.05)  # two standard deviations up
+    with pytest.raises(TestbedError, match="exploration"):
+        AdaptiveConfig(exploration=1.5)
