@@ -26,6 +26,9 @@ from victim_service.train import train_victim
 
 Say = Callable[[str], object]
 
+SERVICE_READY_S = 600.0
+"""The service imports torch and loads its model before /readyz: minutes on a busy machine."""
+
 
 @dataclass(frozen=True)
 class VictimSpec:
@@ -92,7 +95,7 @@ def cached_transfer_set(
             stale.unlink(missing_ok=True)
         service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim, say)),
                        "VICTIM_MAX_IMAGES": "64", **env}  # fmt: skip
-        with service_process(service_env) as (url, _):
+        with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
             say(f"  querying {url}: {query.budget} images, {query.strategy}, seed {query.seed}")
             run_query(
                 QueryConfig(url=url, pool=query.pool, budget=query.budget, db=db,
