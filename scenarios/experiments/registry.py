@@ -9,7 +9,10 @@ from pathlib import Path
 
 from shared.errors import UnknownNameError
 
-MODULES = ("granularity",)
+MODULES = (
+    "granularity",
+    "budget",
+)
 """One module per experiment under scenarios/experiments/; importing it registers it."""
 
 
