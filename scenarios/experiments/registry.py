@@ -12,6 +12,7 @@ from shared.errors import UnknownNameError
 MODULES = (
     "granularity",
     "budget",
+    "hard_labels",
 )
 """One module per experiment under scenarios/experiments/; importing it registers it."""
 
