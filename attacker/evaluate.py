@@ -34,15 +34,21 @@ def evaluate(
     *,
     api_key: str | None = None,
     device: str = "auto",
+    victim_labels: np.ndarray | None = None,
 ) -> dict:
-    """Compare knockoff and victim on a labelled dataset (never used for training or selection)."""
+    """Compare knockoff and victim on a labelled dataset (never used for training or selection).
+
+    `victim_labels`: the victim's labels of this split already read through its API (an audit
+    compares several knockoffs and asks the owner's API once)."""
     dev = resolve_device(device)
     knock_model, knock_card = load_checkpoint(knockoff, dev)
     data = load_dataset(dataset, split, image_size=knock_card.input_size)
     images = data.arrays(knock_card.input_size)
     truth = data.targets
     knock_pred = predict_logits(knock_model, to_tensor(images), dev).argmax(1).numpy()
-    if str(victim).startswith(("http://", "https://")):
+    if victim_labels is not None:
+        victim_pred, victim_source = np.asarray(victim_labels), "api"
+    elif str(victim).startswith(("http://", "https://")):
         victim_pred = _victim_labels_from_url(str(victim), images, api_key)
         victim_source = "api"
     else:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     inspect,
     select,
 )
@@ -233,3 +234,12 @@ def iter_queries(session: Session, run_id: int, limit: int | None = None) -> Ite
     if limit is not None:
         stmt = stmt.limit(limit)
     yield from session.scalars(stmt)
+
+
+def answer_count(path: str | Path) -> int:
+    """Answers committed to a transfer set, every run together (0 before it exists): what a
+    run stopped by a refusal obtained."""
+    if not Path(path).exists():
+        return 0
+    with open_store(path)() as session:
+        return int(session.scalar(select(func.count()).select_from(Query)) or 0)

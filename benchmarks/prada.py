@@ -10,11 +10,11 @@ each from its own API key (PRADA keeps one state per client), one image per requ
 - `benign_class_by_class`: the first images of each test class, class after class, the way a
   client uploading a folder sorted by class would;
 - `knockoff_random`: Knockoff Nets' random strategy, natural images of the attacker's pool;
-- `jbda`: Papernot et al.'s Jacobian-based augmentation: a seed set of test images, then each
-  round a substitute trained on the API's labels so far and x + lambda * sign(dF_{O(x)}/dx) for
-  every point so far (lambda 0.1; the queries double each round). This stream is synthesized
-  here (the attacker's own JBDA was not on main when this was written); refused queries give
-  the attacker no label and are left out of its training set.
+- `jbda`: Papernot et al.'s Jacobian-based augmentation, the attacker's own
+  (`attacker.attacks.jbda`): a class-balanced seed set of test images, then each round a
+  substitute trained on the API's labels so far and x + lambda * sign(dF_{O(x)}/dx) for every
+  point so far (lambda 0.1; the queries double each round). It stops at its first refused
+  query, as a client that gets no more labels must.
 
 A refused query is a 403 `query_refused`. The result says, per stream, how many were refused
 and after how many queries the first refusal came.
@@ -23,21 +23,23 @@ and after how many queries the first refusal came.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import numpy as np
-import torch
 import typer
 
+from attacker.attacks import Target, make_attack
+from attacker.client import FatalAPIError
+from attacker.store import answer_count
 from benchmarks.common import write_json
 from defense.defenses.prada import THRESHOLD
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
-from shared.models import create_model
 from victim_service.launch import service_process
 
 STREAMS = ("benign_random", "benign_class_by_class", "knockoff_random", "jbda")
@@ -75,58 +77,23 @@ def summarize(refused: list[bool]) -> dict:
     }
 
 
-def jbda_stream(
-    url: str, key: str, seeds: np.ndarray, rounds: int, lam: float, epochs: int, seed: int
-) -> dict:
-    """Papernot et al.'s substitute training loop against the live API (see the module doc)."""
-    torch.manual_seed(seed)
-    substitute = create_model("cnn5", 10)
-    optimizer = torch.optim.Adam(substitute.parameters(), lr=1e-3)
-    points = seeds.astype(np.uint8)
-    new = points
-    known_x: list[np.ndarray] = []
-    known_y: list[int] = []
-    refused: list[bool] = []
-    for rho in range(rounds + 1):
-        answer = send_stream(url, key, new)
-        refused += answer["refused"]
-        for image, label in zip(new, answer["labels"], strict=True):
-            if label is not None:
-                known_x.append(image)
-                known_y.append(label)
-        if rho == rounds:
-            break
-        # train the substitute on every label so far
-        x = torch.from_numpy(np.stack(known_x)).permute(0, 3, 1, 2).float() / 255
-        y = torch.tensor(known_y)
-        substitute.train()
-        g = torch.Generator().manual_seed(seed + rho)
-        for _ in range(epochs):
-            for batch in torch.randperm(len(x), generator=g).split(64):
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(substitute(x[batch]), y[batch]).backward()
-                optimizer.step()
-        # Jacobian augmentation of every point so far, along the substitute's gradient of the
-        # victim's label (the substitute's own label where the API refused to give one)
-        substitute.eval()
-        xs = torch.from_numpy(points).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
-        logits = substitute(xs)
-        target = logits.argmax(1).detach()
-        for i, lab in enumerate(_labels_in_order(points, known_x, known_y)):
-            if lab is not None:
-                target[i] = lab
-        logits.gather(1, target[:, None]).sum().backward()
-        step = lam * xs.grad.sign()
-        augmented = (xs.detach() + step).clamp(0, 1)
-        new = (augmented.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        points = np.concatenate([points, new])
-    return {"refused": refused, "substitute_training_points": len(known_x)}
-
-
-def _labels_in_order(points: np.ndarray, known_x: list, known_y: list) -> list[int | None]:
-    """The API's label of each point (None where it was refused), by exact image match."""
-    table = {x.tobytes(): y for x, y in zip(known_x, known_y, strict=True)}
-    return [table.get(p.tobytes()) for p in points]
+def jbda_stream(url: str, key: str, db: Path, params: dict) -> dict:
+    """Papernot et al.'s JBDA (`attacker.attacks.jbda`) against the live API, one image per
+    request, until its budget is answered or its first query is refused (a refused attacker
+    gets no more labels to train its substitute on)."""
+    target = Target(url=url, db=db, api_key=key, concurrency=1, batch_size=1, progress=False)
+    refused = False
+    try:
+        make_attack("jbda", params).query(target)
+    except FatalAPIError as exc:
+        if exc.status != 403:
+            raise
+        refused = True
+    answered = answer_count(db)
+    return {
+        "refused": [False] * answered + [True] * refused,
+        "substitute_training_points": answered,
+    }
 
 
 def main(
@@ -191,19 +158,16 @@ def main(
                 out = send_stream(url, keys[name], attack.arrays(size, pick.tolist()))
                 extra = {}
             elif name == "jbda":
-                # seeds from the end of the test set, balanced over classes
-                tail = np.arange(len(test_x) - 1, -1, -1)
-                seeds_idx = np.concatenate(
-                    [tail[test_y[tail] == c][: jbda_seeds // 10] for c in np.unique(test_y)]
-                )
-                out = jbda_stream(
-                    url, keys[name], test_x[seeds_idx], jbda_rounds, jbda_lambda, jbda_epochs, seed
-                )
+                params = {"seed": seed, "seed_dataset": dataset, "seed_per_class": jbda_seeds // 10,
+                          "rounds": jbda_rounds, "lam": jbda_lambda, "round_epochs": jbda_epochs,
+                          "arch": "cnn5"}  # fmt: skip
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = jbda_stream(url, keys[name], Path(tmp) / "jbda.sqlite", params)
                 extra = {
-                    "seeds": int(len(seeds_idx)), "rounds": jbda_rounds, "lambda": jbda_lambda,
+                    "seeds": jbda_seeds // 10 * 10, "rounds": jbda_rounds, "lambda": jbda_lambda,
                     "substitute": "cnn5", "substitute_epochs_per_round": jbda_epochs,
                     "substitute_training_points": out["substitute_training_points"],
-                    "synthesized_in_benchmark": True,
+                    "attack": "attacker.attacks.jbda",
                 }  # fmt: skip
             else:
                 raise typer.BadParameter(f"unknown stream {name!r}; known: {', '.join(STREAMS)}")

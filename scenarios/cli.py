@@ -64,6 +64,40 @@ def run(
 
 
 @app.command()
+@friendly
+def audit(
+    url: str = typer.Option(..., help="Your live endpoint (http://host:port)"),
+    test_data: str = typer.Option(
+        ..., help="Your labelled test data (dataset name, imagefolder:<path>): its test split"
+    ),
+    api_key: str | None = typer.Option(None, envvar="AUDIT_API_KEY", help="Your API key"),
+    pool: str = typer.Option("tiny-imagenet-attacker", help="The attacker's image pool"),
+    pool_size: int | None = typer.Option(None, help="Images in a generated pool"),
+    budgets: str = typer.Option("500,1000,2000,5000,10000", help="Comma-separated queries"),
+    target: float = typer.Option(0.9, help="Share of your model's accuracy that counts"),
+    knockoff_arch: str | None = typer.Option(None),
+    knockoff_epochs: int | None = typer.Option(None),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("results/audit"), help="Report folder"),
+) -> None:
+    """How fast a KnockoffNets attacker copies your live model: report.md and report.html."""
+    from dataclasses import replace
+
+    from scenarios.experiments.audit import AuditConfig, parse_budgets, run_audit, verdict
+
+    config = AuditConfig(url=url, test_data=test_data, api_key=api_key, pool=pool,
+                         pool_size=pool_size, budgets=tuple(parse_budgets(budgets)),
+                         target=target, seed=seed)  # fmt: skip
+    if knockoff_arch is not None:
+        config = replace(config, knockoff_arch=knockoff_arch)
+    if knockoff_epochs is not None:
+        config = replace(config, knockoff_epochs=knockoff_epochs)
+    results = run_audit(config, out, say=typer.echo)
+    typer.echo(verdict(results))
+    typer.echo(f"report: {out / 'report.html'} and {out / 'report.md'}")
+
+
+@app.command()
 def experiments() -> None:
     """List the experiments."""
     from scenarios.experiments.registry import experiment_names, get

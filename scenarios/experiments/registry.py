@@ -13,6 +13,9 @@ MODULES = (
     "granularity",
     "budget",
     "hard_labels",
+    "defenses",
+    "query_distribution",
+    "ood_defense",
 )
 """One module per experiment under scenarios/experiments/; importing it registers it."""
 

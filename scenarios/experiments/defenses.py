@@ -1,0 +1,426 @@
+"""What each defense costs benign users and takes from the attacker, swept over its strength.
+
+Reverse sigmoid, Gaussian noise, rounding, top-k, label only and PRADA, each at a few
+strengths, each served by the real service on loopback. For every setting: benign accuracy
+through the defended API (the victim's test images from several benign clients, refused images
+counted wrong) against the recovery of a KnockoffNets knockoff trained on what that API
+answered (the same images, in the same order, for every setting). PRADA refuses a client once
+its alarm is raised, so its knockoff trains on the answers obtained before the refusal. PRADA is
+also run against three attackers (KnockoffNets, Copycat, Papernot's JBDA from
+`attacker.attacks`), each from its own API keys, and against the benign clients: its detection
+rate, the queries before detection, and its false alarms. A refused attacker could come back
+under a new key; PRADA's per-client state does not see that (Juuti et al. say so too).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attacker.attacks import Target, make_attack
+from attacker.client import FatalAPIError
+from attacker.defaults import KNOCKOFF
+from attacker.store import answer_count
+from attacker.train import KnockoffOptions
+from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
+from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.probes import benign_accuracy
+from scenarios.experiments.registry import Experiment, register
+from scenarios.experiments.report import write_results
+from scenarios.experiments.steps import (
+    QuerySpec,
+    VictimSpec,
+    cached_transfer_set,
+    cached_victim,
+    knockoff_row,
+)
+from shared.checkpoint import load_checkpoint
+from shared.datasets import load_dataset
+from victim_service.launch import service_process
+
+Say = Callable[[str], object]
+READY_S = 600.0
+"""Seconds a service may take to start: importing torch takes minutes on a loaded 2-core box."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One defended configuration of the service: a defense at one strength."""
+
+    defense: str
+    strength: float | None = None
+
+    def env(self) -> dict[str, str]:
+        s = self.strength
+        return {
+            "none": {},
+            "reverse_sigmoid": {"VICTIM_REVERSE_SIGMOID_BETA": str(s)},
+            "noise": {"VICTIM_NOISE_STD": str(s)},
+            "rounding": {"VICTIM_ROUND_DECIMALS": str(s)},
+            "top-k": {"VICTIM_OUTPUT": "topk", "VICTIM_TOP_K": str(s)},
+            "label only": {"VICTIM_OUTPUT": "label"},
+            "prada": {"VICTIM_PRADA_THRESHOLD": str(s), "VICTIM_PRADA_ACTION": "reject"},
+        }[self.defense]
+
+    @property
+    def name(self) -> str:
+        knob = {"reverse_sigmoid": "beta", "noise": "std", "rounding": "decimals",
+                "top-k": "k", "prada": "delta"}.get(self.defense)  # fmt: skip
+        return self.defense if knob is None else f"{self.defense} ({knob}={self.strength:g})"
+
+
+def sweep(strengths: dict[str, tuple]) -> tuple[Setting, ...]:
+    """No defense, then every defense at each of its strengths (label only has none)."""
+    settings = [Setting("none")]
+    for defense, values in strengths.items():
+        settings += [Setting(defense, v) for v in values] if values else [Setting(defense)]
+    return tuple(settings)
+
+
+FULL_STRENGTHS = {
+    "reverse_sigmoid": (0.1, 0.3, 1.0),
+    "noise": (0.05, 0.2, 0.5),
+    "rounding": (2, 1, 0),
+    "top-k": (5, 2, 1),
+    "label only": (),
+    "prada": (0.85, 0.9, 0.95),
+}
+QUICK_STRENGTHS = {
+    "reverse_sigmoid": (1.0,),
+    "noise": (0.5,),
+    "rounding": (1,),
+    "top-k": (1,),
+    "label only": (),
+    "prada": (0.9,),
+}
+
+
+@dataclass(frozen=True)
+class DefensesConfig:
+    victim: VictimSpec = field(default_factory=lambda: VictimSpec.of("cifar10-jpeg"))
+    pool: str = "tiny-imagenet-attacker"
+    pool_size: int | None = None
+    budget: int = 5_000
+    knockoff_arch: str = KNOCKOFF.arch
+    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
+    knockoff_batch_size: int = KNOCKOFF.batch_size
+    knockoff_lr: float = KNOCKOFF.lr
+    settings: tuple[Setting, ...] = sweep(FULL_STRENGTHS)
+    benign_images: int | None = 2_000
+    """Test images the benign clients send (None: the whole test split)."""
+    benign_clients: int = 10
+    detection_clients: int = 3
+    """Attacker clients of each kind against each PRADA setting (seeds 0, 1, ...)."""
+    jbda_seed_per_class: int = 15
+    jbda_rounds: int = 4
+    jbda_round_epochs: int = 10
+    seed: int = 0
+
+
+FULL = DefensesConfig()
+QUICK = DefensesConfig(
+    victim=VictimSpec.of("digits", epochs=8),
+    pool="natural",
+    pool_size=1_000,
+    budget=600,
+    knockoff_epochs=6,
+    knockoff_batch_size=32,
+    settings=sweep(QUICK_STRENGTHS),
+    benign_images=None,
+    benign_clients=3,
+    detection_clients=1,
+    jbda_seed_per_class=10,
+    jbda_rounds=2,
+    jbda_round_epochs=3,
+)
+"""Embedded data only (digits victim, natural pool): one strength per defense."""
+
+
+def _options(config: DefensesConfig) -> KnockoffOptions:
+    return KnockoffOptions(
+        arch=config.knockoff_arch, epochs=config.knockoff_epochs,
+        batch_size=config.knockoff_batch_size, lr=config.knockoff_lr, seed=config.seed,
+        progress=False,
+    )  # fmt: skip
+
+
+def _benign_set(config: DefensesConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The benign clients' images (a seeded sample of the victim's test split) and labels."""
+    _, card = load_checkpoint(cached_victim(config.victim))
+    test = load_dataset(config.victim.dataset, "test", image_size=card.input_size)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(test))[: config.benign_images or None]
+    return test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)[order]
+
+
+def _benign_keys(config: DefensesConfig) -> list[str]:
+    return [f"benign-{i}" for i in range(config.benign_clients)]
+
+
+def _benign(config: DefensesConfig, setting: Setting, say: Say) -> dict:
+    """Benign accuracy through the service defended by `setting` (cached)."""
+    spec = {"victim": config_hash(asdict(config.victim)), "env": setting.env(),
+            "images": config.benign_images, "clients": config.benign_clients,
+            "seed": config.seed}  # fmt: skip
+    path = cached_path("benign", spec, ".result.json")
+    with making(path):
+        if path.exists():
+            return json.loads(path.read_text())
+        images, targets = _benign_set(config)
+        env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env()}
+        with service_process(env, ready_timeout=READY_S) as (url, _):
+            say(f"  {setting.name}: {len(images)} benign images through {url}")
+            result = benign_accuracy(url, images, targets, _benign_keys(config))
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _attack(kind: str, config: DefensesConfig, seed: int):
+    """One attacker of `kind` (knockoff, copycat, jbda) as configured, from `attacker.attacks`."""
+    common = {"seed": seed, "arch": config.knockoff_arch, "epochs": config.knockoff_epochs,
+              "batch_size": config.knockoff_batch_size, "lr": config.knockoff_lr}  # fmt: skip
+    if kind == "jbda":
+        return make_attack("jbda", {**common, "seed_dataset": config.victim.dataset,
+                                    "seed_per_class": config.jbda_seed_per_class,
+                                    "rounds": config.jbda_rounds,
+                                    "round_epochs": config.jbda_round_epochs})  # fmt: skip
+    return make_attack(kind, {**common, "budget": config.budget, "pool": config.pool,
+                              "pool_size": config.pool_size})  # fmt: skip
+
+
+def _stream(url: str, key: str, attack, db: Path) -> dict:
+    """Run one attacker against a PRADA service until its budget or its first refusal."""
+    target = Target(url=url, db=db, api_key=key, concurrency=4, batch_size=8, progress=False)
+    try:
+        result = attack.query(target)
+        refused = False
+        budget = result.budget
+    except FatalAPIError as exc:
+        if exc.status != 403:
+            raise
+        refused, budget = True, None
+    return {"refused": refused, "answered": answer_count(db), "budget": budget}
+
+
+ATTACKERS = ("knockoff", "copycat", "jbda")
+SEED_OFFSET = {"knockoff": 0, "copycat": 100, "jbda": 200}
+"""Copycat asks natural images at random like KnockoffNets' random strategy: its clients use
+other seeds so that their streams are not KnockoffNets' own."""
+
+
+def _prada(config: DefensesConfig, setting: Setting, say: Say) -> dict:
+    """One PRADA service: the sweep's KnockoffNets attacker (its transfer set is kept), the other
+    attacker clients, then the benign clients, each with its own key (cached as a whole)."""
+    spec = {"victim": config_hash(asdict(config.victim)), "env": setting.env(),
+            "config": {k: v for k, v in asdict(config).items() if k != "settings"}}  # fmt: skip
+    path = cached_path("prada", spec, ".result.json")
+    with making(path):
+        if path.exists():
+            return json.loads(path.read_text())
+        clients = [(kind, SEED_OFFSET[kind] + i) for kind in ATTACKERS
+                   for i in range(config.detection_clients)]  # fmt: skip
+        keys = {c: f"{c[0]}-{c[1]}" for c in clients}
+        env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env(),
+               "VICTIM_API_KEYS": ",".join([*keys.values(), *_benign_keys(config)])}  # fmt: skip
+        streams = {}
+        with service_process(env, ready_timeout=READY_S) as (url, _):
+            for kind, seed in clients:
+                key = keys[(kind, seed)]
+                db = path.with_name(f"{path.stem}-{key}.sqlite")
+                for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                    stale.unlink(missing_ok=True)
+                got = _stream(url, key, _attack(kind, config, seed), db)
+                streams[key] = {"attack": kind, "seed": seed, "db": str(db), **got}
+                verb = "refused after" if got["refused"] else "not caught in"
+                say(f"  {setting.name}: {key} {verb} {got['answered']} answers")
+            images, targets = _benign_set(config)
+            benign = benign_accuracy(url, images, targets, _benign_keys(config))
+        result = {"streams": streams, "benign": benign}
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _detection(threshold: float, prada: dict) -> dict:
+    """Per attacker kind: how many of its clients were refused, after how many answers."""
+    out: dict = {"threshold": threshold}
+    for kind in ATTACKERS:
+        streams = [s for s in prada["streams"].values() if s["attack"] == kind]
+        caught = [s["answered"] for s in streams if s["refused"]]
+        out[kind] = {
+            "clients": len(streams),
+            "detected": len(caught),
+            "detection_rate": len(caught) / len(streams) if streams else None,
+            "answers_before_refusal": caught,
+            "queries_each": [s["answered"] for s in streams],
+        }
+    benign = prada["benign"]
+    out["benign"] = {
+        "clients": benign["clients"],
+        "false_alarms": benign["clients_refused"],
+        "false_alarm_rate": benign["clients_refused"] / benign["clients"],
+        "refused_images": benign["refused"],
+    }
+    return out
+
+
+def run(
+    out: Path, quick: bool = False, say: Say = print, config: DefensesConfig | None = None
+) -> dict:
+    """Every setting of the sweep; writes out/results.json, results.md, results.png."""
+    config = config or (QUICK if quick else FULL)
+    start = time.perf_counter()
+    options = _options(config)
+    query = QuerySpec(config.pool, config.pool_size, config.budget, seed=config.seed)
+    rows, detection = [], []
+    for setting in config.settings:
+        t = time.perf_counter()
+        if setting.defense == "prada":
+            prada = _prada(config, setting, say)
+            attacker = prada["streams"][f"knockoff-{SEED_OFFSET['knockoff']}"]
+            db, got = Path(attacker["db"]), attacker["answered"]
+            benign = prada["benign"]
+            detection.append(_detection(float(setting.strength or 0), prada))
+            refused_after = got if attacker["refused"] else None
+        else:
+            db = cached_transfer_set(config.victim, setting.env(), query, say)
+            got, refused_after = config.budget, None
+            benign = _benign(config, setting, say)
+        knock = knockoff_row(db, got, options, config.victim)
+        rows.append({
+            "setting": setting.name, "defense": setting.defense, "strength": setting.strength,
+            "env": setting.env(), "benign_accuracy": benign["accuracy"],
+            "benign_refused": benign["refused"], "queries": config.budget,
+            "answered": got, "refused_after": refused_after,
+            "knockoff_accuracy": knock["knockoff_accuracy"], "recovery": knock["recovery"],
+            "agreement": knock["agreement"], "victim_accuracy": knock["victim_accuracy"],
+            "seconds": time.perf_counter() - t,
+        })  # fmt: skip
+        say(f"  {setting.name}: benign accuracy {benign['accuracy']:.3f}, "
+            f"recovery {knock['recovery']:.3f}")  # fmt: skip
+    results = {
+        "experiment": "defenses",
+        "description": (__doc__ or "").strip().splitlines()[0],
+        "quick": quick,
+        "seed": config.seed,
+        "config": asdict(config),
+        "victim_checkpoint": str(cached_victim(config.victim)),
+        "victim_accuracy": rows[0]["victim_accuracy"],
+        "rows": rows,
+        "prada_detection": detection,
+        "seconds": time.perf_counter() - start,
+    }
+    render(write_results(results, out))
+    return results
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"# defenses{' (quick)' if results.get('quick') else ''}",
+        "",
+        results["description"],
+        "",
+        f"Victim accuracy {results['victim_accuracy']:.4f} "
+        f"({results['config']['victim']['dataset']}); attacker pool "
+        f"{results['config']['pool']}, {results['config']['budget']} queries; "
+        f"seed {results['seed']}.",
+        "",
+        "| setting | benign accuracy | benign refused | answered | knockoff accuracy | recovery "
+        "| agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['setting']} | {r['benign_accuracy']:.3f} | {r['benign_refused']:.3f} | "
+            f"{r['answered']} | {r['knockoff_accuracy']:.3f} | {r['recovery']:.3f} | "
+            f"{r['agreement']:.3f} |"
+        )
+    if results["prada_detection"]:
+        lines += [
+            "",
+            "PRADA (action: refuse) against each attacker's clients and the benign clients:",
+            "",
+            "| delta | "
+            + " | ".join(f"{k} detected (answers before)" for k in ATTACKERS)
+            + " | benign false alarms (images refused) |",
+            "|---|" + "---|" * (len(ATTACKERS) + 1),
+        ]
+        for d in results["prada_detection"]:
+            cells = []
+            for k in ATTACKERS:
+                before = ", ".join(map(str, d[k]["answers_before_refusal"])) or "-"
+                cells.append(f"{d[k]['detected']}/{d[k]['clients']} ({before})")
+            b = d["benign"]
+            cells.append(f"{b['false_alarms']}/{b['clients']} ({b['refused_images']:.3f})")
+            lines.append(f"| {d['threshold']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    detection = results["prada_detection"]
+    fig, axes = plt.subplots(1, 2 if detection else 1, figsize=(12 if detection else 7, 4.5))
+    ax = axes[0] if detection else axes
+    by_defense: dict[str, list[dict]] = {}
+    for r in results["rows"]:
+        by_defense.setdefault(r["defense"], []).append(r)
+    for defense, rows in by_defense.items():
+        x = [r["benign_accuracy"] for r in rows]
+        y = [r["recovery"] for r in rows]
+        style = "k*" if defense == "none" else "o-"
+        ax.plot(x, y, style, label=defense, markersize=10 if defense == "none" else 6)
+        for r in rows:
+            if r["strength"] is not None:
+                ax.annotate(f"{r['strength']:g}", (r["benign_accuracy"], r["recovery"]),
+                            textcoords="offset points", xytext=(4, 3), fontsize=7)  # fmt: skip
+    ax.set_xlabel("benign accuracy through the defended API")
+    ax.set_ylabel("knockoff recovery (knockoff / victim accuracy)")
+    ax.set_title(f"defenses at {results['config']['budget']} queries")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if detection:
+        ax2 = axes[1]
+        groups = [*ATTACKERS, "benign"]
+        width = 0.8 / len(detection)
+        for i, d in enumerate(detection):
+            values = [d[k]["detection_rate"] for k in ATTACKERS] + [d["benign"]["false_alarm_rate"]]
+            ax2.bar(np.arange(len(groups)) + i * width, values, width,
+                    label=f"delta {d['threshold']:g}")  # fmt: skip
+        ax2.set_xticks(np.arange(len(groups)) + width * (len(detection) - 1) / 2, groups)
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel("clients refused (benign: false alarms)")
+        ax2.set_title("PRADA: detection rate per attacker")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(results_json: Path) -> tuple[Path, Path]:
+    """results.md and results.png from results.json alone."""
+    results = json.loads(results_json.read_text())
+    table = results_json.with_name("results.md")
+    table.write_text(markdown(results))
+    return table, plot(results, results_json.with_name("results.png"))
+
+
+register(
+    Experiment(
+        name="defenses",
+        description="benign accuracy against knockoff recovery for each defense and strength; "
+        "PRADA's detection",
+        run=run,
+    )
+)

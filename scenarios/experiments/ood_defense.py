@@ -1,0 +1,319 @@
+"""Atli et al.'s OOD filter as a defense: detection against the baselines, then what it takes
+from the attacker and what it costs benign users.
+
+Part 1 (Atli Table 4): the filter's TPR on the attacker's pool and TNR on the victim's test
+images at its own threshold, with AUROC, beside the baselines on the victim (max softmax, ODIN,
+Mahalanobis, energy, kNN) at the same TNR, for each attacker transform (`defense.ood_eval`).
+Part 2 (Atli Table 5): a KnockoffNets attacker's recovery against the undefended service and
+against the service whose filter answers flagged queries with a shuffled vector, for a plain
+attacker and for one that re-encodes its queries with the transform of part 1 under which the
+filter caught the fewest queries (an attacker can try the transforms and keep the best).
+Both attackers draw the same pool images. Part 3: benign accuracy through the defended API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attacker.defaults import KNOCKOFF
+from attacker.train import KnockoffOptions
+from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
+from scenarios.experiments import pools
+from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
+from scenarios.experiments.probes import benign_accuracy
+from scenarios.experiments.registry import Experiment, register
+from scenarios.experiments.report import write_results
+from scenarios.experiments.steps import (
+    QuerySpec,
+    VictimSpec,
+    cached_transfer_set,
+    cached_victim,
+    knockoff_row,
+)
+from shared.checkpoint import load_checkpoint
+from shared.datasets import load_dataset
+from shared.transforms import DEFAULT_ATTACK_TRANSFORMS
+from victim_service.launch import service_process
+
+Say = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class OODDefenseConfig:
+    victim: VictimSpec = field(default_factory=lambda: VictimSpec.of("cifar10-jpeg"))
+    pool: str = "tiny-imagenet-attacker"
+    pool_size: int | None = None
+    sample: int = 10_000
+    """Pool images both attackers draw from (written once per transform)."""
+    budget: int = 5_000
+    transforms: tuple[str, ...] = DEFAULT_ATTACK_TRANSFORMS
+    detection_attack_images: int = 5_000
+    benign_images: int | None = 2_000
+    filter: FilterSpec = field(
+        default_factory=lambda: FilterSpec("cifar10-jpeg", "tiny-imagenet-defender")
+    )
+    knockoff_arch: str = KNOCKOFF.arch
+    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
+    knockoff_batch_size: int = KNOCKOFF.batch_size
+    knockoff_lr: float = KNOCKOFF.lr
+    seed: int = 0
+
+
+FULL = OODDefenseConfig()
+QUICK = OODDefenseConfig(
+    victim=VictimSpec.of("digits", epochs=8),
+    pool="natural",
+    pool_size=1_000,
+    sample=800,
+    budget=600,
+    transforms=("none", "jpeg:50", "resize:16"),
+    detection_attack_images=500,
+    benign_images=None,
+    filter=FilterSpec(
+        "digits",
+        "natural",
+        pretrain_epochs=2,
+        pretrain_limit=1_000,
+        fit_limit=1_000,
+        folds=3,
+        out_size=2_000,
+        seed=1,
+    ),  # fmt: skip
+    knockoff_epochs=6,
+    knockoff_batch_size=32,
+)
+"""Embedded data only: digits victim, natural pool (the defender's natural images drawn with
+another seed than the attacker's)."""
+
+
+def detection(config: OODDefenseConfig, say: Say) -> dict:
+    """Part 1: `defense.ood_eval.evaluate_ood` per transform, with the baselines (cached)."""
+    from defense.ood_eval import evaluate_ood
+
+    spec = {"filter": asdict(config.filter), "victim": config_hash(asdict(config.victim)),
+            "pool": config.pool, "pool_size": config.pool_size,
+            "attack_images": config.detection_attack_images, "benign": config.benign_images,
+            "transforms": list(config.transforms), "seed": config.seed}  # fmt: skip
+    path = cached_path("ood-detection", spec, ".result.json")
+    with making(path):
+        if path.exists():
+            return json.loads(path.read_text())
+        say(f"  detection: filter and baselines under {len(config.transforms)} transforms")
+        result = evaluate_ood(
+            cached_filter(config.filter), cached_victim(config.victim), config.victim.dataset,
+            config.pool, transforms=config.transforms,
+            attack_limit=config.pool_size or config.detection_attack_images,
+            in_limit=config.benign_images, baselines=True, seed=config.seed, progress=False,
+        )  # fmt: skip
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def evasive_transform(result: dict) -> str:
+    """The re-encoding under which the filter caught the fewest attacker queries (not `none`)."""
+    per = {k: v for k, v in result["per_transform"].items() if k != "none"}
+    return min(per, key=lambda k: per[k]["tpr"]) if per else "none"
+
+
+def _benign(config: OODDefenseConfig, filtered: bool, say: Say) -> dict:
+    """Part 3: the victim's test images through the service, with and without the filter."""
+    env = config.filter.env("shuffle") if filtered else {}
+    spec = {"victim": config_hash(asdict(config.victim)), "env": env,
+            "images": config.benign_images, "seed": config.seed}  # fmt: skip
+    path = cached_path("benign", spec, ".result.json")
+    with making(path):
+        if path.exists():
+            return json.loads(path.read_text())
+        victim = cached_victim(config.victim)
+        _, card = load_checkpoint(victim)
+        test = load_dataset(config.victim.dataset, "test", image_size=card.input_size)
+        order = np.random.default_rng(config.seed).permutation(len(test))
+        order = order[: config.benign_images or None]
+        images, targets = test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)
+        with service_process({"VICTIM_CHECKPOINT": str(victim), **env}, ready_timeout=600) as (
+            url, _,
+        ):  # fmt: skip
+            say(f"  benign: {len(images)} test images through {url}")
+            result = benign_accuracy(url, images, targets[order], ["benign"])
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run(
+    out: Path, quick: bool = False, say: Say = print, config: OODDefenseConfig | None = None
+) -> dict:
+    """All three parts; writes out/results.json, results.md, results.png."""
+    config = config or (QUICK if quick else FULL)
+    start = time.perf_counter()
+    _, card = load_checkpoint(cached_victim(config.victim, say))
+    found = detection(config, say)
+    evasive = evasive_transform(found)
+    options = KnockoffOptions(
+        arch=config.knockoff_arch, epochs=config.knockoff_epochs,
+        batch_size=config.knockoff_batch_size, lr=config.knockoff_lr, seed=config.seed,
+        progress=False,
+    )  # fmt: skip
+    rows = []
+    for attacker, transform in (("plain", "none"), ("re-encoding", evasive)):
+        pool = pools.transformed(config.pool, config.pool_size, config.sample, transform,
+                                 card.input_size, config.seed)  # fmt: skip
+        query = QuerySpec(pool, None, config.budget, seed=config.seed)
+        for filtered in (False, True):
+            t = time.perf_counter()
+            env = config.filter.env("shuffle") if filtered else {}
+            db = cached_transfer_set(config.victim, env, query, say)
+            k = knockoff_row(db, config.budget, options, config.victim)
+            rows.append({
+                "setting": f"{attacker} ({transform}){' + filter' if filtered else ''}",
+                "attacker": attacker, "transform": transform, "filter": filtered,
+                "queries": config.budget, "flagged": flagged_fraction(config.filter, db),
+                "knockoff_accuracy": k["knockoff_accuracy"], "recovery": k["recovery"],
+                "agreement": k["agreement"], "victim_accuracy": k["victim_accuracy"],
+                "seconds": time.perf_counter() - t,
+            })  # fmt: skip
+            say(f"  {rows[-1]['setting']}: flagged {rows[-1]['flagged']:.3f}, "
+                f"recovery {k['recovery']:.3f}")  # fmt: skip
+    for r in rows:
+        base = next(b for b in rows if b["attacker"] == r["attacker"] and not b["filter"])
+        r["recovery_vs_undefended"] = r["recovery"] / base["recovery"] if base["recovery"] else 0.0
+    benign = {"undefended": _benign(config, False, say), "filter": _benign(config, True, say)}
+    results = {
+        "experiment": "ood-defense",
+        "description": (__doc__ or "").strip().splitlines()[0],
+        "quick": quick,
+        "seed": config.seed,
+        "config": asdict(config),
+        "victim_checkpoint": str(cached_victim(config.victim)),
+        "victim_accuracy": rows[0]["victim_accuracy"],
+        "detection": {
+            k: found[k]
+            for k in (
+                "per_transform",
+                "worst_tpr",
+                "worst_tnr",
+                "worst_auroc",
+                "worst_tpr_transform",
+                "n_benign",
+                "n_attack",
+                "detector_meta",
+            )
+        },  # fmt: skip
+        "evasive_transform": evasive,
+        "rows": rows,
+        "benign": benign,
+        "seconds": time.perf_counter() - start,
+    }
+    render(write_results(results, out))
+    return results
+
+
+# ------------------------------------------------------------------------------ report
+
+BASELINE_ORDER = ("msp", "odin", "mahalanobis", "energy", "knn")
+
+
+def markdown(results: dict) -> str:
+    d, c = results["detection"], results["config"]
+    names = [n for n in BASELINE_ORDER if "baselines" in next(iter(d["per_transform"].values()))]
+    lines = [
+        f"# ood-defense{' (quick)' if results.get('quick') else ''}",
+        "",
+        results["description"],
+        "",
+        f"Victim {c['victim']['arch']} on {c['victim']['dataset']} (accuracy "
+        f"{results['victim_accuracy']:.4f}); filter `{c['filter']['backbone']}` trained on "
+        f"{c['filter']['in_dataset']} against {c['filter']['out_dataset']}; attacker pool "
+        f"{c['pool']}; seed {results['seed']}.",
+        "",
+        f"## Detection (Atli Table 4): {d['n_attack']} attacker images, {d['n_benign']} benign",
+        "",
+        "| transform | filter TPR | filter TNR | filter AUROC | "
+        + " | ".join(f"{n} TPR" for n in names)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for spec, m in d["per_transform"].items():
+        cells = [f"{m['baselines'][n]['tpr']:.3f}" for n in names]
+        lines.append(f"| {spec} | {m['tpr']:.3f} | {m['tnr']:.3f} | {m['auroc']:.3f} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += [
+        "",
+        "Baselines thresholded at the filter's TNR for each transform.",
+        "",
+        f"## Knockoff recovery (Atli Table 5), {c['budget']} queries; the re-encoding attacker "
+        f"uses `{results['evasive_transform']}`",
+        "",
+        "| attacker | filter | flagged | knockoff accuracy | recovery | agreement "
+        "| recovery / undefended |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['attacker']} ({r['transform']}) | {'on' if r['filter'] else 'off'} | "
+            f"{r['flagged']:.3f} | {r['knockoff_accuracy']:.3f} | {r['recovery']:.3f} | "
+            f"{r['agreement']:.3f} | {r['recovery_vs_undefended']:.2f}x |"
+        )
+    b = results["benign"]
+    lines += [
+        "",
+        f"## Benign accuracy through the API ({b['undefended']['images']} test images)",
+        "",
+        f"Undefended {b['undefended']['accuracy']:.4f}; behind the filter "
+        f"{b['filter']['accuracy']:.4f} (flagged benign queries get shuffled answers).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = results["detection"]["per_transform"]
+    specs = list(d)
+    names = [n for n in BASELINE_ORDER if "baselines" in d[specs[0]]]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / (1 + len(names))
+    x = np.arange(len(specs))
+    axes[0].bar(x, [d[s]["tpr"] for s in specs], width, label="filter")
+    for i, n in enumerate(names, start=1):
+        axes[0].bar(x + i * width, [d[s]["baselines"][n]["tpr"] for s in specs], width, label=n)
+    axes[0].set_xticks(x + width * len(names) / 2, specs, rotation=30)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title("attacker queries caught (TPR) at the filter's TNR")
+    axes[0].legend(fontsize=7)
+    rows = results["rows"]
+    labels = [f"{r['attacker']}\n{'filter' if r['filter'] else 'none'}" for r in rows]
+    axes[1].bar(labels, [r["recovery"] for r in rows], color="#4c72b0")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_title(f"knockoff recovery at {results['config']['budget']} queries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(results_json: Path) -> tuple[Path, Path]:
+    """results.md and results.png from results.json alone."""
+    results = json.loads(results_json.read_text())
+    table = results_json.with_name("results.md")
+    table.write_text(markdown(results))
+    return table, plot(results, results_json.with_name("results.png"))
+
+
+register(
+    Experiment(
+        name="ood-defense",
+        description="the OOD filter against the baselines, then against plain and re-encoding "
+        "knockoff attackers",
+        run=run,
+    )
+)

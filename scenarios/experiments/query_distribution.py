@@ -1,0 +1,256 @@
+"""What the attacker's choice of queries is worth, with and without the OOD filter (Atli et al.).
+
+Four attackers with the same budget against the same victim: natural images from another
+distribution (KnockoffNets' random strategy), uniform noise, Papernot's JBDA synthetic queries
+(`attacker.attacks.jbda`, seeded from labelled in-distribution images) and in-distribution
+images (half of the victim's test split, which it never trained on). Each queries the real
+service twice: undefended, and behind the OOD filter whose flagged queries get shuffled
+answers. Every knockoff is scored on the other half of the test split, which no attacker saw.
+"Flagged" is the share of an attacker's queries the filter flags, scored on the images as the
+service decoded them. Atli et al. (Section 5.4): natural images beat noise, and an attacker
+with in-distribution data is not caught by a filter of out-of-distribution queries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from attacker.attacks import Target, make_attack
+from attacker.defaults import KNOCKOFF
+from attacker.train import KnockoffOptions
+from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
+from scenarios.experiments import pools
+from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.filters import FilterSpec, flagged_fraction
+from scenarios.experiments.registry import Experiment, register
+from scenarios.experiments.report import write_results
+from scenarios.experiments.steps import (
+    QuerySpec,
+    VictimSpec,
+    cached_transfer_set,
+    cached_victim,
+    knockoff_row,
+)
+from shared.checkpoint import load_checkpoint
+from shared.errors import TestbedError
+from victim_service.launch import service_process
+
+Say = Callable[[str], object]
+SOURCES = ("natural", "noise", "jbda", "in-distribution")
+
+
+@dataclass(frozen=True)
+class QueryDistributionConfig:
+    victim: VictimSpec = field(default_factory=lambda: VictimSpec.of("cifar10-jpeg"))
+    natural_pool: str = "tiny-imagenet-attacker"
+    natural_pool_size: int | None = None
+    budget: int = 4_800
+    """JBDA's budget is seeds * 2^rounds: 15 per class * 10 classes * 2^5."""
+    jbda_seed_per_class: int = 15
+    jbda_rounds: int = 5
+    jbda_round_epochs: int = 10
+    filter: FilterSpec = field(
+        default_factory=lambda: FilterSpec("cifar10-jpeg", "tiny-imagenet-defender")
+    )
+    knockoff_arch: str = KNOCKOFF.arch
+    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
+    knockoff_batch_size: int = KNOCKOFF.batch_size
+    knockoff_lr: float = KNOCKOFF.lr
+    seed: int = 0
+
+
+FULL = QueryDistributionConfig()
+QUICK = QueryDistributionConfig(
+    victim=VictimSpec.of("digits", epochs=8),
+    natural_pool="natural",
+    natural_pool_size=1_000,
+    budget=200,
+    jbda_seed_per_class=5,
+    jbda_rounds=2,
+    jbda_round_epochs=3,
+    filter=FilterSpec(
+        "digits",
+        "natural",
+        pretrain_epochs=2,
+        pretrain_limit=1_000,
+        fit_limit=1_000,
+        folds=3,
+        out_size=2_000,
+        seed=1,
+    ),  # fmt: skip
+    knockoff_epochs=8,
+    knockoff_batch_size=32,
+)
+"""Embedded data only: digits victim (its test split gives 225 images to query), natural pool;
+the defender's natural images are drawn with another seed than the attacker's."""
+
+
+def cached_attack_set(
+    victim: VictimSpec, env: Mapping[str, str], attack: str, params: dict, say: Say
+) -> Path:
+    """The transfer set of a registered attack (`attacker.attacks`) against the victim served
+    with `env`, queried over HTTP once per configuration (for attacks that make their own
+    images, such as JBDA; pool attacks go through `steps.cached_transfer_set`)."""
+    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "attack": attack,
+            "params": params}  # fmt: skip
+    db = cached_path("transfer", spec, ".sqlite")
+    done = db.with_suffix(".done")
+    with making(db):
+        if done.exists():
+            return db
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim, say)), **env}
+        with service_process(service_env, ready_timeout=600) as (url, _):
+            say(f"  querying {url}: {attack} {params}")
+            make_attack(attack, params).query(
+                Target(url=url, db=db, concurrency=8, batch_size=32, progress=False)
+            )
+        done.write_text("complete\n")
+    return db
+
+
+def _query(config: QueryDistributionConfig, source: str, halves: str) -> QuerySpec | None:
+    """The pool attackers' query plans (JBDA makes its own images)."""
+    b, s = config.budget, config.seed
+    return {
+        "natural": QuerySpec(config.natural_pool, config.natural_pool_size, b, seed=s),
+        "noise": QuerySpec("noise", max(2 * b, 1_000), b, seed=s),
+        "in-distribution": QuerySpec(halves, None, b, seed=s),
+    }.get(source)
+
+
+def run(
+    out: Path, quick: bool = False, say: Say = print,
+    config: QueryDistributionConfig | None = None,
+) -> dict:  # fmt: skip
+    """Four query sources, each with and without the filter; writes out/results.*."""
+    config = config or (QUICK if quick else FULL)
+    start = time.perf_counter()
+    _, card = load_checkpoint(cached_victim(config.victim, say))
+    jbda_budget = card.num_classes * config.jbda_seed_per_class * 2**config.jbda_rounds
+    if jbda_budget != config.budget:
+        raise TestbedError(
+            f"query-distribution: JBDA asks {jbda_budget} queries ({card.num_classes} classes "
+            f"x {config.jbda_seed_per_class} seeds x 2^{config.jbda_rounds}), the others "
+            f"{config.budget}: make them equal"
+        )
+    halves = pools.in_distribution(config.victim.dataset, card.input_size, config.seed)
+    options = KnockoffOptions(
+        arch=config.knockoff_arch, epochs=config.knockoff_epochs,
+        batch_size=config.knockoff_batch_size, lr=config.knockoff_lr, seed=config.seed,
+        progress=False,
+    )  # fmt: skip
+    jbda = {"seed": config.seed, "seed_dataset": halves, "seed_split": "train",
+            "seed_per_class": config.jbda_seed_per_class, "rounds": config.jbda_rounds,
+            "round_epochs": config.jbda_round_epochs, "arch": config.knockoff_arch,
+            "batch_size": config.knockoff_batch_size, "lr": config.knockoff_lr}  # fmt: skip
+    rows = []
+    for source in SOURCES:
+        for filtered in (False, True):
+            t = time.perf_counter()
+            env = config.filter.env("shuffle") if filtered else {}
+            query = _query(config, source, halves)
+            if query is None:
+                db = cached_attack_set(config.victim, env, "jbda", jbda, say)
+            else:
+                db = cached_transfer_set(config.victim, env, query, say)
+            k = knockoff_row(db, config.budget, options, config.victim, test_data=halves)
+            rows.append({
+                "setting": f"{source}{' + filter' if filtered else ''}", "source": source,
+                "filter": filtered, "queries": config.budget,
+                "flagged": flagged_fraction(config.filter, db, config.budget),
+                "knockoff_accuracy": k["knockoff_accuracy"], "recovery": k["recovery"],
+                "agreement": k["agreement"], "victim_accuracy": k["victim_accuracy"],
+                "seconds": time.perf_counter() - t,
+            })  # fmt: skip
+            say(f"  {rows[-1]['setting']}: flagged {rows[-1]['flagged']:.3f}, "
+                f"recovery {k['recovery']:.3f}, agreement {k['agreement']:.3f}")  # fmt: skip
+    results = {
+        "experiment": "query-distribution",
+        "description": (__doc__ or "").strip().splitlines()[0],
+        "quick": quick,
+        "seed": config.seed,
+        "config": asdict(config),
+        "victim_checkpoint": str(cached_victim(config.victim)),
+        "victim_accuracy": rows[0]["victim_accuracy"],
+        "scored_on": f"{halves} (test half)",
+        "rows": rows,
+        "seconds": time.perf_counter() - start,
+    }
+    render(write_results(results, out))
+    return results
+
+
+def markdown(results: dict) -> str:
+    c = results["config"]
+    lines = [
+        f"# query-distribution{' (quick)' if results.get('quick') else ''}",
+        "",
+        results["description"],
+        "",
+        f"Victim {c['victim']['arch']} on {c['victim']['dataset']} (accuracy "
+        f"{results['victim_accuracy']:.4f} on the held-out half of its test split); "
+        f"{c['budget']} queries each; filter: `{c['filter']['backbone']}` trained on "
+        f"{c['filter']['in_dataset']} against {c['filter']['out_dataset']}, flagged queries "
+        f"answered with a shuffled vector; seed {results['seed']}.",
+        "",
+        "| attacker | filter | flagged | knockoff accuracy | recovery | agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['source']} | {'on' if r['filter'] else 'off'} | {r['flagged']:.3f} | "
+            f"{r['knockoff_accuracy']:.3f} | {r['recovery']:.3f} | {r['agreement']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = results["rows"]
+    x = np.arange(len(SOURCES))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, filtered in enumerate((False, True)):
+        part = {r["source"]: r for r in rows if r["filter"] == filtered}
+        label = "filter on" if filtered else "no filter"
+        axes[0].bar(x + (i - 0.5) * 0.4, [part[s]["recovery"] for s in SOURCES], 0.4, label=label)
+        axes[1].bar(x + (i - 0.5) * 0.4, [part[s]["flagged"] for s in SOURCES], 0.4, label=label)
+    for ax, title in zip(axes, ("knockoff recovery", "queries flagged by the filter"),
+                         strict=True):  # fmt: skip
+        ax.set_xticks(x, SOURCES)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"query-distribution at {results['config']['budget']} queries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(results_json: Path) -> tuple[Path, Path]:
+    """results.md and results.png from results.json alone."""
+    results = json.loads(results_json.read_text())
+    table = results_json.with_name("results.md")
+    table.write_text(markdown(results))
+    return table, plot(results, results_json.with_name("results.png"))
+
+
+register(
+    Experiment(
+        name="query-distribution",
+        description="natural, noise, JBDA and in-distribution queries, with and without the "
+        "OOD filter",
+        run=run,
+    )
+)

@@ -1,0 +1,72 @@
+"""`defenses --quick`: every defense through the real service, PRADA against three attackers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+
+import pytest
+
+from scenarios.experiments import defenses, steps
+from scenarios.experiments.cache import cached_path
+
+
+@pytest.mark.timeout(1800)
+def test_defenses_quick_through_the_real_service(victim_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
+    shutil.copy(victim_checkpoint, cached_path("victims", asdict(defenses.QUICK.victim), ".pt"))
+    out = tmp_path / "results" / "defenses"
+    lines: list[str] = []
+    results = defenses.run(out, quick=True, say=lines.append)
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["experiment"] == "defenses" and saved["quick"]
+    rows = {r["setting"]: r for r in saved["rows"]}
+    assert list(rows) == [s.name for s in defenses.QUICK.settings]
+    assert {r["defense"] for r in rows.values()} == {"none", *defenses.QUICK_STRENGTHS}
+    for r in rows.values():
+        assert 0.0 <= r["benign_accuracy"] <= 1.0 and 0.0 <= r["benign_refused"] <= 1.0
+        assert 0.0 <= r["recovery"] <= 1.2 and 0.0 <= r["agreement"] <= 1.0
+        assert 0 < r["answered"] <= r["queries"] == defenses.QUICK.budget
+    none = rows["none"]
+    assert none["benign_accuracy"] > 0.9 and none["agreement"] > 0.3, none
+    # the perturbations keep every answer's top class: benign users lose nothing
+    for r in rows.values():
+        if r["defense"] in ("reverse_sigmoid", "noise", "rounding", "top-k", "label only"):
+            assert r["benign_accuracy"] == none["benign_accuracy"], r
+            assert r["answered"] == r["queries"] and r["refused_after"] is None
+    assert rows["label only"]["agreement"] < none["agreement"], rows
+
+    (prada,) = saved["prada_detection"]
+    assert prada["threshold"] == defenses.QUICK_STRENGTHS["prada"][0]
+    for kind in defenses.ATTACKERS:
+        d = prada[kind]
+        assert d["clients"] == defenses.QUICK.detection_clients
+        assert 0.0 <= d["detection_rate"] <= 1.0 and d["detected"] == len(
+            d["answers_before_refusal"]
+        )
+        # PRADA's test needs more than min_queries (100) distances before it can raise the alarm
+        assert all(n > 100 for n in d["answers_before_refusal"]), d
+    b = prada["benign"]
+    assert 0.0 <= b["false_alarm_rate"] <= 1.0 and 0.0 <= b["refused_images"] <= 1.0
+    prada_row = next(r for r in rows.values() if r["defense"] == "prada")
+    knockoff = prada["knockoff"]
+    assert (prada_row["refused_after"] is not None) == (knockoff["detected"] == 1)
+    assert prada_row["benign_refused"] == b["refused_images"]
+
+    table = (out / "results.md").read_text()
+    assert all(name in table for name in rows) and "PRADA" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def no_service(*args, **kwargs):
+        raise AssertionError("a cached rerun must not start the service")
+
+    monkeypatch.setattr(steps, "service_process", no_service)
+    monkeypatch.setattr(defenses, "service_process", no_service)
+    again = defenses.run(out, quick=True, say=lines.append)
+    assert [r["recovery"] for r in again["rows"]] == [r["recovery"] for r in saved["rows"]]
+    (out / "results.md").unlink()
+    defenses.render(out / "results.json")
+    assert (out / "results.md").read_text() == table
