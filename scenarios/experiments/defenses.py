@@ -17,22 +17,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from attacker.attacks import Target, make_attack
 from attacker.client import FatalAPIError
-from attacker.defaults import KNOCKOFF
 from attacker.store import answer_count
 from attacker.train import KnockoffOptions
-from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
+from scenarios.experiments import scale
 from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.probes import benign_accuracy
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import write_results
+from scenarios.experiments.report import render_with, write_results
 from scenarios.experiments.steps import (
+    SERVICE_READY_S,
     QuerySpec,
     VictimSpec,
     cached_transfer_set,
@@ -44,8 +44,6 @@ from shared.datasets import load_dataset
 from victim_service.launch import service_process
 
 Say = Callable[[str], object]
-READY_S = 600.0
-"""Seconds a service may take to start: importing torch takes minutes on a loaded 2-core box."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +81,15 @@ def sweep(strengths: dict[str, tuple]) -> tuple[Setting, ...]:
 
 
 FULL_STRENGTHS = {
-    "reverse_sigmoid": (0.1, 0.3, 1.0),
-    "noise": (0.05, 0.2, 0.5),
-    "rounding": (2, 1, 0),
-    "top-k": (5, 2, 1),
+    "reverse_sigmoid": (0.3, 1.0),
+    "noise": (0.1, 0.5),
+    "rounding": (1, 0),
+    "top-k": (3, 1),
     "label only": (),
-    "prada": (0.85, 0.9, 0.95),
+    "prada": (0.9, 0.95),
 }
+"""Two strengths each: twelve settings of 5,000 queries keep the default scale near the hour."""
+
 QUICK_STRENGTHS = {
     "reverse_sigmoid": (1.0,),
     "noise": (0.5,),
@@ -102,19 +102,16 @@ QUICK_STRENGTHS = {
 
 @dataclass(frozen=True)
 class DefensesConfig:
-    victim: VictimSpec = field(default_factory=lambda: VictimSpec.of("cifar10-jpeg"))
-    pool: str = "tiny-imagenet-attacker"
+    victim: VictimSpec = scale.VICTIM
+    pool: str = scale.POOL
     pool_size: int | None = None
     budget: int = 5_000
-    knockoff_arch: str = KNOCKOFF.arch
-    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
-    knockoff_batch_size: int = KNOCKOFF.batch_size
-    knockoff_lr: float = KNOCKOFF.lr
+    knockoff: KnockoffOptions = field(default_factory=scale.knockoff)
     settings: tuple[Setting, ...] = sweep(FULL_STRENGTHS)
     benign_images: int | None = 2_000
     """Test images the benign clients send (None: the whole test split)."""
     benign_clients: int = 10
-    detection_clients: int = 3
+    detection_clients: int = 2
     """Attacker clients of each kind against each PRADA setting (seeds 0, 1, ...)."""
     jbda_seed_per_class: int = 15
     jbda_rounds: int = 4
@@ -124,12 +121,11 @@ class DefensesConfig:
 
 FULL = DefensesConfig()
 QUICK = DefensesConfig(
-    victim=VictimSpec.of("digits", epochs=8),
-    pool="natural",
+    victim=scale.QUICK_VICTIM,
+    pool=scale.QUICK_POOL,
     pool_size=1_000,
     budget=600,
-    knockoff_epochs=6,
-    knockoff_batch_size=32,
+    knockoff=scale.quick_knockoff(),
     settings=sweep(QUICK_STRENGTHS),
     benign_images=None,
     benign_clients=3,
@@ -142,11 +138,7 @@ QUICK = DefensesConfig(
 
 
 def _options(config: DefensesConfig) -> KnockoffOptions:
-    return KnockoffOptions(
-        arch=config.knockoff_arch, epochs=config.knockoff_epochs,
-        batch_size=config.knockoff_batch_size, lr=config.knockoff_lr, seed=config.seed,
-        progress=False,
-    )  # fmt: skip
+    return replace(config.knockoff, seed=config.seed, progress=False)
 
 
 def _benign_set(config: DefensesConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +165,7 @@ def _benign(config: DefensesConfig, setting: Setting, say: Say) -> dict:
             return json.loads(path.read_text())
         images, targets = _benign_set(config)
         env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env()}
-        with service_process(env, ready_timeout=READY_S) as (url, _):
+        with service_process(env, ready_timeout=SERVICE_READY_S) as (url, _):
             say(f"  {setting.name}: {len(images)} benign images through {url}")
             result = benign_accuracy(url, images, targets, _benign_keys(config))
         path.write_text(json.dumps(result, indent=2) + "\n")
@@ -182,8 +174,9 @@ def _benign(config: DefensesConfig, setting: Setting, say: Say) -> dict:
 
 def _attack(kind: str, config: DefensesConfig, seed: int):
     """One attacker of `kind` (knockoff, copycat, jbda) as configured, from `attacker.attacks`."""
-    common = {"seed": seed, "arch": config.knockoff_arch, "epochs": config.knockoff_epochs,
-              "batch_size": config.knockoff_batch_size, "lr": config.knockoff_lr}  # fmt: skip
+    k = config.knockoff
+    common = {"seed": seed, "arch": k.arch, "epochs": k.epochs, "batch_size": k.batch_size,
+              "lr": k.lr}  # fmt: skip
     if kind == "jbda":
         return make_attack("jbda", {**common, "seed_dataset": config.victim.dataset,
                                     "seed_per_class": config.jbda_seed_per_class,
@@ -228,7 +221,7 @@ def _prada(config: DefensesConfig, setting: Setting, say: Say) -> dict:
         env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env(),
                "VICTIM_API_KEYS": ",".join([*keys.values(), *_benign_keys(config)])}  # fmt: skip
         streams = {}
-        with service_process(env, ready_timeout=READY_S) as (url, _):
+        with service_process(env, ready_timeout=SERVICE_READY_S) as (url, _):
             for kind, seed in clients:
                 key = keys[(kind, seed)]
                 db = path.with_name(f"{path.stem}-{key}.sqlite")
@@ -410,10 +403,7 @@ def plot(results: dict, path: Path) -> Path:
 
 def render(results_json: Path) -> tuple[Path, Path]:
     """results.md and results.png from results.json alone."""
-    results = json.loads(results_json.read_text())
-    table = results_json.with_name("results.md")
-    table.write_text(markdown(results))
-    return table, plot(results, results_json.with_name("results.png"))
+    return render_with(results_json, markdown, plot)
 
 
 register(

@@ -16,21 +16,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from attacker.defaults import KNOCKOFF
 from attacker.train import KnockoffOptions
-from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
-from scenarios.experiments import pools
+from scenarios.experiments import pools, scale
 from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
 from scenarios.experiments.probes import benign_accuracy
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import write_results
+from scenarios.experiments.report import render_with, write_results
 from scenarios.experiments.steps import (
+    SERVICE_READY_S,
     QuerySpec,
     VictimSpec,
     cached_transfer_set,
@@ -47,8 +46,8 @@ Say = Callable[[str], object]
 
 @dataclass(frozen=True)
 class OODDefenseConfig:
-    victim: VictimSpec = field(default_factory=lambda: VictimSpec.of("cifar10-jpeg"))
-    pool: str = "tiny-imagenet-attacker"
+    victim: VictimSpec = scale.VICTIM
+    pool: str = scale.POOL
     pool_size: int | None = None
     sample: int = 10_000
     """Pool images both attackers draw from (written once per transform)."""
@@ -57,19 +56,16 @@ class OODDefenseConfig:
     detection_attack_images: int = 5_000
     benign_images: int | None = 2_000
     filter: FilterSpec = field(
-        default_factory=lambda: FilterSpec("cifar10-jpeg", "tiny-imagenet-defender")
+        default_factory=lambda: FilterSpec(scale.VICTIM.dataset, scale.DEFENDER_DATA)
     )
-    knockoff_arch: str = KNOCKOFF.arch
-    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
-    knockoff_batch_size: int = KNOCKOFF.batch_size
-    knockoff_lr: float = KNOCKOFF.lr
+    knockoff: KnockoffOptions = field(default_factory=scale.knockoff)
     seed: int = 0
 
 
 FULL = OODDefenseConfig()
 QUICK = OODDefenseConfig(
-    victim=VictimSpec.of("digits", epochs=8),
-    pool="natural",
+    victim=scale.QUICK_VICTIM,
+    pool=scale.QUICK_POOL,
     pool_size=1_000,
     sample=800,
     budget=600,
@@ -86,8 +82,7 @@ QUICK = OODDefenseConfig(
         out_size=2_000,
         seed=1,
     ),  # fmt: skip
-    knockoff_epochs=6,
-    knockoff_batch_size=32,
+    knockoff=scale.quick_knockoff(),
 )
 """Embedded data only: digits victim, natural pool (the defender's natural images drawn with
 another seed than the attacker's)."""
@@ -137,7 +132,7 @@ def _benign(config: OODDefenseConfig, filtered: bool, say: Say) -> dict:
         order = np.random.default_rng(config.seed).permutation(len(test))
         order = order[: config.benign_images or None]
         images, targets = test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)
-        with service_process({"VICTIM_CHECKPOINT": str(victim), **env}, ready_timeout=600) as (
+        with service_process({"VICTIM_CHECKPOINT": str(victim), **env}, ready_timeout=SERVICE_READY_S) as (
             url, _,
         ):  # fmt: skip
             say(f"  benign: {len(images)} test images through {url}")
@@ -155,11 +150,7 @@ def run(
     _, card = load_checkpoint(cached_victim(config.victim, say))
     found = detection(config, say)
     evasive = evasive_transform(found)
-    options = KnockoffOptions(
-        arch=config.knockoff_arch, epochs=config.knockoff_epochs,
-        batch_size=config.knockoff_batch_size, lr=config.knockoff_lr, seed=config.seed,
-        progress=False,
-    )  # fmt: skip
+    options = replace(config.knockoff, seed=config.seed, progress=False)
     rows = []
     for attacker, transform in (("plain", "none"), ("re-encoding", evasive)):
         pool = pools.transformed(config.pool, config.pool_size, config.sample, transform,
@@ -303,10 +294,7 @@ def plot(results: dict, path: Path) -> Path:
 
 def render(results_json: Path) -> tuple[Path, Path]:
     """results.md and results.png from results.json alone."""
-    results = json.loads(results_json.read_text())
-    table = results_json.with_name("results.md")
-    table.write_text(markdown(results))
-    return table, plot(results, results_json.with_name("results.png"))
+    return render_with(results_json, markdown, plot)
 
 
 register(

@@ -13,31 +13,26 @@ with in-distribution data is not caught by a filter of out-of-distribution queri
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from attacker.attacks import Target, make_attack
-from attacker.defaults import KNOCKOFF
 from attacker.train import KnockoffOptions
-from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
-from scenarios.experiments import pools
-from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments import pools, scale
 from scenarios.experiments.filters import FilterSpec, flagged_fraction
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import write_results
+from scenarios.experiments.report import render_with, write_results
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
+    cached_attack_set,
     cached_transfer_set,
     cached_victim,
     knockoff_row,
 )
 from shared.checkpoint import load_checkpoint
 from shared.errors import TestbedError
-from victim_service.launch import service_process
 
 Say = Callable[[str], object]
 SOURCES = ("natural", "noise", "jbda", "in-distribution")
@@ -45,8 +40,8 @@ SOURCES = ("natural", "noise", "jbda", "in-distribution")
 
 @dataclass(frozen=True)
 class QueryDistributionConfig:
-    victim: VictimSpec = field(default_factory=lambda: VictimSpec.of("cifar10-jpeg"))
-    natural_pool: str = "tiny-imagenet-attacker"
+    victim: VictimSpec = scale.VICTIM
+    natural_pool: str = scale.POOL
     natural_pool_size: int | None = None
     budget: int = 4_800
     """JBDA's budget is seeds * 2^rounds: 15 per class * 10 classes * 2^5."""
@@ -54,19 +49,16 @@ class QueryDistributionConfig:
     jbda_rounds: int = 5
     jbda_round_epochs: int = 10
     filter: FilterSpec = field(
-        default_factory=lambda: FilterSpec("cifar10-jpeg", "tiny-imagenet-defender")
+        default_factory=lambda: FilterSpec(scale.VICTIM.dataset, scale.DEFENDER_DATA)
     )
-    knockoff_arch: str = KNOCKOFF.arch
-    knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
-    knockoff_batch_size: int = KNOCKOFF.batch_size
-    knockoff_lr: float = KNOCKOFF.lr
+    knockoff: KnockoffOptions = field(default_factory=scale.knockoff)
     seed: int = 0
 
 
 FULL = QueryDistributionConfig()
 QUICK = QueryDistributionConfig(
-    victim=VictimSpec.of("digits", epochs=8),
-    natural_pool="natural",
+    victim=scale.QUICK_VICTIM,
+    natural_pool=scale.QUICK_POOL,
     natural_pool_size=1_000,
     budget=200,
     jbda_seed_per_class=5,
@@ -82,36 +74,11 @@ QUICK = QueryDistributionConfig(
         out_size=2_000,
         seed=1,
     ),  # fmt: skip
-    knockoff_epochs=8,
-    knockoff_batch_size=32,
+    knockoff=replace(scale.quick_knockoff(), epochs=60),
 )
-"""Embedded data only: digits victim (its test split gives 225 images to query), natural pool;
-the defender's natural images are drawn with another seed than the attacker's."""
-
-
-def cached_attack_set(
-    victim: VictimSpec, env: Mapping[str, str], attack: str, params: dict, say: Say
-) -> Path:
-    """The transfer set of a registered attack (`attacker.attacks`) against the victim served
-    with `env`, queried over HTTP once per configuration (for attacks that make their own
-    images, such as JBDA; pool attacks go through `steps.cached_transfer_set`)."""
-    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "attack": attack,
-            "params": params}  # fmt: skip
-    db = cached_path("transfer", spec, ".sqlite")
-    done = db.with_suffix(".done")
-    with making(db):
-        if done.exists():
-            return db
-        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-            stale.unlink(missing_ok=True)
-        service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim, say)), **env}
-        with service_process(service_env, ready_timeout=600) as (url, _):
-            say(f"  querying {url}: {attack} {params}")
-            make_attack(attack, params).query(
-                Target(url=url, db=db, concurrency=8, batch_size=32, progress=False)
-            )
-        done.write_text("complete\n")
-    return db
+"""Embedded data only: digits victim (half its test split gives 225 images to query, hence
+the small budget and the many epochs), natural pool; the defender's natural images are drawn
+with another seed than the attacker's."""
 
 
 def _query(config: QueryDistributionConfig, source: str, halves: str) -> QuerySpec | None:
@@ -140,15 +107,11 @@ def run(
             f"{config.budget}: make them equal"
         )
     halves = pools.in_distribution(config.victim.dataset, card.input_size, config.seed)
-    options = KnockoffOptions(
-        arch=config.knockoff_arch, epochs=config.knockoff_epochs,
-        batch_size=config.knockoff_batch_size, lr=config.knockoff_lr, seed=config.seed,
-        progress=False,
-    )  # fmt: skip
+    options = replace(config.knockoff, seed=config.seed, progress=False)
     jbda = {"seed": config.seed, "seed_dataset": halves, "seed_split": "train",
             "seed_per_class": config.jbda_seed_per_class, "rounds": config.jbda_rounds,
-            "round_epochs": config.jbda_round_epochs, "arch": config.knockoff_arch,
-            "batch_size": config.knockoff_batch_size, "lr": config.knockoff_lr}  # fmt: skip
+            "round_epochs": config.jbda_round_epochs, "arch": config.knockoff.arch,
+            "batch_size": config.knockoff.batch_size, "lr": config.knockoff.lr}  # fmt: skip
     rows = []
     for source in SOURCES:
         for filtered in (False, True):
@@ -240,10 +203,7 @@ def plot(results: dict, path: Path) -> Path:
 
 def render(results_json: Path) -> tuple[Path, Path]:
     """results.md and results.png from results.json alone."""
-    results = json.loads(results_json.read_text())
-    table = results_json.with_name("results.md")
-    table.write_text(markdown(results))
-    return table, plot(results, results_json.with_name("results.png"))
+    return render_with(results_json, markdown, plot)
 
 
 register(

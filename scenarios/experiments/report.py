@@ -10,6 +10,7 @@ by series and x, drawn as the mean with a min-max band when several seeds share 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,14 @@ def render(results_json: Path, column: str = "agreement") -> tuple[Path, Path]:
     table = results_json.with_name("results.md")
     table.write_text(markdown(results))
     return table, plot(results, results_json.with_name("results.png"), column)
+
+
+def render_with(
+    results_json: Path, markdown: Callable[[dict], str], plot: Callable[[dict, Path], Path]
+) -> tuple[Path, Path]:
+    """results.md and results.png from results.json alone, drawn by an experiment's own
+    `markdown(results)` and `plot(results, path)` (several tables, several panels)."""
+    results = json.loads(results_json.read_text())
+    table = results_json.with_name("results.md")
+    table.write_text(markdown(results))
+    return table, plot(results, results_json.with_name("results.png"))

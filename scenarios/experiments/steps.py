@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from attacker.attacks import Target, make_attack
 from attacker.evaluate import evaluate
 from attacker.query import QueryConfig, run_query
 from attacker.strategies import AdaptiveConfig
@@ -25,7 +26,6 @@ from victim_service.recipes import recipe_for
 from victim_service.train import train_victim
 
 Say = Callable[[str], object]
-
 SERVICE_READY_S = 600.0
 """The service imports torch and loads its model before /readyz: minutes on a busy machine."""
 
@@ -80,12 +80,12 @@ def cached_victim(spec: VictimSpec, say: Say = lambda _: None) -> Path:
     return path
 
 
-def cached_transfer_set(
-    victim: VictimSpec, env: Mapping[str, str], query: QuerySpec, say: Say = lambda _: None
-) -> Path:
-    """The SQLite transfer set of `query` against the victim served with `env` (the service's
-    VICTIM_* settings: output, defenses), queried over HTTP once per configuration."""
-    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "query": query.key()}
+def _cached_set(
+    spec: dict, victim: VictimSpec, env: Mapping[str, str], ask: Callable[[str, Path], object],
+    say: Say,
+) -> Path:  # fmt: skip
+    """The transfer set `ask(url, db)` writes against the victim served with `env`, made once
+    per `spec` (a half-written one from an interrupted run is started again)."""
     db = cached_path("transfer", spec, ".sqlite")
     done = db.with_suffix(".done")
     with making(db):
@@ -96,15 +96,46 @@ def cached_transfer_set(
         service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim, say)),
                        "VICTIM_MAX_IMAGES": "64", **env}  # fmt: skip
         with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
-            say(f"  querying {url}: {query.budget} images, {query.strategy}, seed {query.seed}")
-            run_query(
-                QueryConfig(url=url, pool=query.pool, budget=query.budget, db=db,
-                            strategy=query.strategy, seed=query.seed,
-                            pool_size=query.pool_size, adaptive=query.adaptive,
-                            concurrency=8, batch_size=32, progress=False)
-            )  # fmt: skip
+            ask(url, db)
         done.write_text("complete\n")
     return db
+
+
+def cached_transfer_set(
+    victim: VictimSpec, env: Mapping[str, str], query: QuerySpec, say: Say = lambda _: None
+) -> Path:
+    """The SQLite transfer set of `query` against the victim served with `env` (the service's
+    VICTIM_* settings: output, defenses), queried over HTTP once per configuration."""
+    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "query": query.key()}
+
+    def ask(url: str, db: Path) -> None:
+        say(f"  querying {url}: {query.budget} images, {query.strategy}, seed {query.seed}")
+        run_query(
+            QueryConfig(url=url, pool=query.pool, budget=query.budget, db=db,
+                        strategy=query.strategy, seed=query.seed,
+                        pool_size=query.pool_size, adaptive=query.adaptive,
+                        concurrency=8, batch_size=32, progress=False)
+        )  # fmt: skip
+
+    return _cached_set(spec, victim, env, ask, say)
+
+
+def cached_attack_set(
+    victim: VictimSpec, env: Mapping[str, str], attack: str, params: dict,
+    say: Say = lambda _: None,
+) -> Path:  # fmt: skip
+    """The transfer set of a registered attack (`attacker.attacks`, e.g. JBDA, which makes its
+    own images) against the victim served with `env`, queried once per configuration."""
+    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "attack": attack,
+            "params": params}  # fmt: skip
+
+    def ask(url: str, db: Path) -> None:
+        say(f"  querying {url}: {attack} {params}")
+        make_attack(attack, params).query(
+            Target(url=url, db=db, concurrency=8, batch_size=32, progress=False)
+        )
+
+    return _cached_set(spec, victim, env, ask, say)
 
 
 def knockoff_row(
@@ -114,13 +145,17 @@ def knockoff_row(
     victim: VictimSpec,
     *,
     hard_labels: bool = False,
+    test_data: str | None = None,
 ) -> dict:
     """A fresh knockoff on the first `budget` answers of `db`, evaluated against the victim on
-    its test split (both cached): knockoff and victim accuracy, recovery, agreement, seconds."""
+    the test split of `test_data` (default: the victim's dataset; both cached): knockoff and
+    victim accuracy, recovery, agreement, seconds."""
     spec = {"transfer": db.stem, "budget": budget, "hard_labels": hard_labels,
             "options": asdict(replace(options, progress=False))}  # fmt: skip
     knockoff = cached_path("knockoffs", spec, ".pt")
     scores = knockoff.with_suffix(".eval.json")
+    if test_data is not None:  # scored on other data: its own file beside the same knockoff
+        scores = knockoff.with_suffix(f".eval-{config_hash({'test_data': test_data})}.json")
     with making(knockoff):
         if scores.exists():
             return json.loads(scores.read_text())
@@ -128,7 +163,7 @@ def knockoff_row(
         if not knockoff.exists():
             transfer = load_transfer_set(db, budget=budget, hard_labels=hard_labels)
             train_knockoff(transfer, replace(options, progress=False), knockoff)
-        e = evaluate(knockoff, cached_victim(victim), victim.dataset, "test")
+        e = evaluate(knockoff, cached_victim(victim), test_data or victim.dataset, "test")
         row = {key: e[key] for key in ("victim_accuracy", "knockoff_accuracy", "recovery",
                                        "agreement", "macro_recovery")}  # fmt: skip
         row |= {"queries": budget, "seconds": time.perf_counter() - start}
