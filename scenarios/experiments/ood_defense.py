@@ -1,5 +1,4 @@
-"""Atli et al.'s OOD filter as a defense: detection against the baselines, then what it takes
-from the attacker and what it costs benign users.
+"""Atli et al.'s OOD filter as a defense: what it detects, takes from attackers, costs users.
 
 Part 1 (Atli Table 4): the filter's TPR on the attacker's pool and TNR on the victim's test
 images at its own threshold, with AUROC, beside the baselines on the victim (max softmax, ODIN,
