@@ -131,9 +131,8 @@ def _benign(config: OODDefenseConfig, filtered: bool, say: Say) -> dict:
         order = np.random.default_rng(config.seed).permutation(len(test))
         order = order[: config.benign_images or None]
         images, targets = test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)
-        with service_process({"VICTIM_CHECKPOINT": str(victim), **env}, ready_timeout=SERVICE_READY_S) as (
-            url, _,
-        ):  # fmt: skip
+        service_env = {"VICTIM_CHECKPOINT": str(victim), **env}
+        with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
             say(f"  benign: {len(images)} test images through {url}")
             result = benign_accuracy(url, images, targets[order], ["benign"])
         path.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import asdict
 
 import pytest
 
 from scenarios.experiments import ood_defense
-from scenarios.experiments.cache import cached_path
 
 
 @pytest.mark.timeout(1800)
-def test_ood_defense_quick(victim_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
+def test_ood_defense_quick(quick_experiments, tmp_path):
     quick = ood_defense.QUICK
-    shutil.copy(victim_checkpoint, cached_path("victims", asdict(quick.victim), ".pt"))
     out = tmp_path / "results" / "ood-defense"
     results = ood_defense.run(out, quick=True, say=print)
 

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import asdict
 
 import pytest
 
 from scenarios.experiments import query_distribution as qd
-from scenarios.experiments.cache import cached_path
 
 
 @pytest.mark.timeout(1800)
-def test_query_distribution_quick(victim_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
-    shutil.copy(victim_checkpoint, cached_path("victims", asdict(qd.QUICK.victim), ".pt"))
+def test_query_distribution_quick(quick_experiments, tmp_path):
     out = tmp_path / "results" / "query-distribution"
     results = qd.run(out, quick=True, say=print)
 

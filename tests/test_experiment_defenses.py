@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import asdict
 
 import pytest
 
 from scenarios.experiments import defenses, steps
-from scenarios.experiments.cache import cached_path
 
 
 @pytest.mark.timeout(1800)
-def test_defenses_quick_through_the_real_service(victim_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("TESTBED_EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
-    shutil.copy(victim_checkpoint, cached_path("victims", asdict(defenses.QUICK.victim), ".pt"))
+def test_defenses_quick_through_the_real_service(quick_experiments, tmp_path, monkeypatch):
     out = tmp_path / "results" / "defenses"
     lines: list[str] = []
     results = defenses.run(out, quick=True, say=lines.append)
