@@ -28,7 +28,7 @@ from attacker.store import answer_count
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.cache import cached_path, config_hash, making
-from scenarios.experiments.probes import benign_accuracy
+from scenarios.experiments.probes import benign_accuracy, benign_keys, benign_set, cached_benign
 from scenarios.experiments.registry import Experiment, register
 from scenarios.experiments.report import render_with, write_results
 from scenarios.experiments.steps import (
@@ -39,8 +39,6 @@ from scenarios.experiments.steps import (
     cached_victim,
     knockoff_row,
 )
-from shared.checkpoint import load_checkpoint
-from shared.datasets import load_dataset
 from victim_service.launch import service_process
 
 Say = Callable[[str], object]
@@ -141,35 +139,10 @@ def _options(config: DefensesConfig) -> KnockoffOptions:
     return replace(config.knockoff, seed=config.seed, progress=False)
 
 
-def _benign_set(config: DefensesConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The benign clients' images (a seeded sample of the victim's test split) and labels."""
-    _, card = load_checkpoint(cached_victim(config.victim))
-    test = load_dataset(config.victim.dataset, "test", image_size=card.input_size)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(test))[: config.benign_images or None]
-    return test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)[order]
-
-
-def _benign_keys(config: DefensesConfig) -> list[str]:
-    return [f"benign-{i}" for i in range(config.benign_clients)]
-
-
 def _benign(config: DefensesConfig, setting: Setting, say: Say) -> dict:
     """Benign accuracy through the service defended by `setting` (cached)."""
-    spec = {"victim": config_hash(asdict(config.victim)), "env": setting.env(),
-            "images": config.benign_images, "clients": config.benign_clients,
-            "seed": config.seed}  # fmt: skip
-    path = cached_path("benign", spec, ".result.json")
-    with making(path):
-        if path.exists():
-            return json.loads(path.read_text())
-        images, targets = _benign_set(config)
-        env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env()}
-        with service_process(env, ready_timeout=SERVICE_READY_S) as (url, _):
-            say(f"  {setting.name}: {len(images)} benign images through {url}")
-            result = benign_accuracy(url, images, targets, _benign_keys(config))
-        path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return cached_benign(config.victim, setting.env(), config.benign_images,
+                         config.benign_clients, config.seed, say)  # fmt: skip
 
 
 def _attack(kind: str, config: DefensesConfig, seed: int):
@@ -218,8 +191,9 @@ def _prada(config: DefensesConfig, setting: Setting, say: Say) -> dict:
         clients = [(kind, SEED_OFFSET[kind] + i) for kind in ATTACKERS
                    for i in range(config.detection_clients)]  # fmt: skip
         keys = {c: f"{c[0]}-{c[1]}" for c in clients}
+        benign = benign_keys(config.benign_clients)
         env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env(),
-               "VICTIM_API_KEYS": ",".join([*keys.values(), *_benign_keys(config)])}  # fmt: skip
+               "VICTIM_API_KEYS": ",".join([*keys.values(), *benign])}  # fmt: skip
         streams = {}
         with service_process(env, ready_timeout=SERVICE_READY_S) as (url, _):
             for kind, seed in clients:
@@ -231,9 +205,9 @@ def _prada(config: DefensesConfig, setting: Setting, say: Say) -> dict:
                 streams[key] = {"attack": kind, "seed": seed, "db": str(db), **got}
                 verb = "refused after" if got["refused"] else "not caught in"
                 say(f"  {setting.name}: {key} {verb} {got['answered']} answers")
-            images, targets = _benign_set(config)
-            benign = benign_accuracy(url, images, targets, _benign_keys(config))
-        result = {"streams": streams, "benign": benign}
+            images, targets = benign_set(config.victim, config.benign_images, config.seed)
+            benign_result = benign_accuracy(url, images, targets, benign)
+        result = {"streams": streams, "benign": benign_result}
         path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

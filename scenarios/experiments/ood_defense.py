@@ -24,11 +24,10 @@ from attacker.train import KnockoffOptions
 from scenarios.experiments import pools, scale
 from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
-from scenarios.experiments.probes import benign_accuracy
+from scenarios.experiments.probes import cached_benign
 from scenarios.experiments.registry import Experiment, register
 from scenarios.experiments.report import render_with, write_results
 from scenarios.experiments.steps import (
-    SERVICE_READY_S,
     QuerySpec,
     VictimSpec,
     cached_transfer_set,
@@ -36,9 +35,7 @@ from scenarios.experiments.steps import (
     knockoff_row,
 )
 from shared.checkpoint import load_checkpoint
-from shared.datasets import load_dataset
 from shared.transforms import DEFAULT_ATTACK_TRANSFORMS
-from victim_service.launch import service_process
 
 Say = Callable[[str], object]
 
@@ -119,24 +116,7 @@ def evasive_transform(result: dict) -> str:
 def _benign(config: OODDefenseConfig, filtered: bool, say: Say) -> dict:
     """Part 3: the victim's test images through the service, with and without the filter."""
     env = config.filter.env("shuffle") if filtered else {}
-    spec = {"victim": config_hash(asdict(config.victim)), "env": env,
-            "images": config.benign_images, "seed": config.seed}  # fmt: skip
-    path = cached_path("benign", spec, ".result.json")
-    with making(path):
-        if path.exists():
-            return json.loads(path.read_text())
-        victim = cached_victim(config.victim)
-        _, card = load_checkpoint(victim)
-        test = load_dataset(config.victim.dataset, "test", image_size=card.input_size)
-        order = np.random.default_rng(config.seed).permutation(len(test))
-        order = order[: config.benign_images or None]
-        images, targets = test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)
-        service_env = {"VICTIM_CHECKPOINT": str(victim), **env}
-        with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
-            say(f"  benign: {len(images)} test images through {url}")
-            result = benign_accuracy(url, images, targets[order], ["benign"])
-        path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return cached_benign(config.victim, env, config.benign_images, 1, config.seed, say)
 
 
 def run(

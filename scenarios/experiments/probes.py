@@ -1,4 +1,4 @@
-"""Benign clients of a live service: their accuracy through the defended API.
+"""Benign clients of a live service: their accuracy through the defended API (cached).
 
 Benign clients talk HTTP like any other (one API key each, so stateful defenses such as PRADA
 keep one record per client); a refused request (403 `query_refused`) answers none of its images.
@@ -6,11 +6,20 @@ keep one record per client); a refused request (403 `query_refused`) answers non
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+
 import httpx
 import numpy as np
 
+from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.steps import SERVICE_READY_S, Say, VictimSpec, cached_victim
+from shared.checkpoint import load_checkpoint
+from shared.datasets import load_dataset
 from shared.imaging import encode_image
 from shared.schemas import answer_label, parse_answer
+from victim_service.launch import service_process
 
 
 def benign_accuracy(
@@ -51,3 +60,40 @@ def benign_accuracy(
         "refused": refused / n,
         "clients_refused": len(alarmed),
     }
+
+
+def benign_set(victim: VictimSpec, images: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benign clients' images (a seeded sample of the victim's test split; None: all of
+    it) at the victim's input size, and their labels."""
+    _, card = load_checkpoint(cached_victim(victim))
+    test = load_dataset(victim.dataset, "test", image_size=card.input_size)
+    order = np.random.default_rng(seed).permutation(len(test))[: images or None]
+    return test.arrays(card.input_size, order.tolist()), np.asarray(test.targets)[order]
+
+
+def benign_keys(clients: int) -> list[str]:
+    """The benign clients' API keys (one record each in stateful defenses)."""
+    return [f"benign-{i}" for i in range(clients)]
+
+
+def cached_benign(
+    victim: VictimSpec, env: Mapping[str, str], images: int | None, clients: int, seed: int,
+    say: Say = lambda _: None,
+) -> dict:  # fmt: skip
+    """`benign_accuracy` through the victim served with `env` (its VICTIM_* settings), measured
+    once per configuration."""
+    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "images": images,
+            "clients": clients, "seed": seed}  # fmt: skip
+    path = cached_path("benign", spec, ".result.json")
+    with making(path):
+        if path.exists():
+            return json.loads(path.read_text())
+        x, y = benign_set(victim, images, seed)
+        keys = benign_keys(clients)
+        service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim)), **env,
+                       "VICTIM_API_KEYS": ",".join(keys)}  # fmt: skip
+        with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
+            say(f"  benign: {len(x)} test images from {clients} clients through {url}")
+            result = benign_accuracy(url, x, y, keys)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
