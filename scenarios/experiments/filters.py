@@ -17,13 +17,16 @@ from scenarios.experiments.cache import cached_path, making
 @dataclass(frozen=True)
 class FilterSpec:
     """The filter's training configuration (its cache key); the defaults are `benchmarks.ood`'s
-    recommended filter: a `defender:cnn5` backbone, every image randomly re-encoded."""
+    recommended filter: a `defender:cnn5` backbone at a 16-px low-pass side, every image
+    randomly re-encoded, 70% of the out-images encoded like the in-distribution's files."""
 
     in_dataset: str
     out_dataset: str
     backbone: str = "defender:cnn5"
-    pretrain_epochs: int = 3
-    pretrain_limit: int | None = 8_000
+    pretrain_epochs: int = 4
+    match_in: float = 0.7
+    backbone_size: int | None = 16
+    pretrain_limit: int | None = None
     fit_limit: int | None = 3_000
     folds: int = 5
     target_tnr: float = 0.95
@@ -47,7 +50,8 @@ def cached_filter(spec: FilterSpec) -> Path:
             train_ood(
                 spec.in_dataset, spec.out_dataset, spec.backbone, path,
                 target_tnr=spec.target_tnr, image_size=spec.image_size, folds=spec.folds,
-                pretrain_epochs=spec.pretrain_epochs, pretrain_limit=spec.pretrain_limit,
+                pretrain_epochs=spec.pretrain_epochs, match_in=spec.match_in,
+                backbone_size=spec.backbone_size, pretrain_limit=spec.pretrain_limit,
                 fit_limit=spec.fit_limit, out_size=spec.out_size, seed=spec.seed,
                 progress=False,
             )  # fmt: skip
