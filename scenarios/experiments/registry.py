@@ -16,6 +16,7 @@ MODULES = (
     "defenses",
     "query_distribution",
     "ood_defense",
+    "architecture",
 )
 """One module per experiment under scenarios/experiments/; importing it registers it."""
 
