@@ -20,6 +20,8 @@ from attacker.client import multipart_body
 from reliability.common import CheckResult, rss_mib, sample_png, service_process
 
 FIRST = int(ipaddress.IPv4Address("127.1.0.0"))
+ANSWER_TIMEOUT_S = 60.0
+"""A client waiting longer than this counts as not answered (status -2 in the figures)."""
 
 
 def address(i: int) -> str:
@@ -48,8 +50,11 @@ async def _clients(url: str, start: int, count: int, concurrency: int) -> dict[i
 
     async def worker() -> None:
         for i in queue:
-            try:
-                code = await _one("127.0.0.1", port, address(i), body, content_type)
+            try:  # a service that stops answering fails the check instead of hanging it
+                one = _one("127.0.0.1", port, address(i), body, content_type)
+                code = await asyncio.wait_for(one, ANSWER_TIMEOUT_S)
+            except TimeoutError:
+                code = -2
             except OSError:
                 code = -1
             statuses[code] = statuses.get(code, 0) + 1

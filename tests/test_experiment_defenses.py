@@ -27,10 +27,14 @@ def test_defenses_quick_through_the_real_service(quick_experiments, tmp_path, mo
         assert 0 < r["answered"] <= r["queries"] == defenses.QUICK.budget
     none = rows["none"]
     assert none["benign_accuracy"] > 0.9 and none["agreement"] > 0.3, none
-    # the perturbations keep every answer's top class: benign users lose nothing
+    # the perturbations keep every answer's top class: benign users lose nothing; rounding can
+    # tie the top class with another (a tie reads as the lower index), so it may move a little
     for r in rows.values():
-        if r["defense"] in ("reverse_sigmoid", "noise", "rounding", "top-k", "label only"):
+        if r["defense"] in ("reverse_sigmoid", "noise", "top-k", "label only"):
             assert r["benign_accuracy"] == none["benign_accuracy"], r
+        if r["defense"] == "rounding":
+            assert abs(r["benign_accuracy"] - none["benign_accuracy"]) <= 0.02, r
+        if r["defense"] != "prada":
             assert r["answered"] == r["queries"] and r["refused_after"] is None
     assert rows["label only"]["agreement"] < none["agreement"], rows
 
