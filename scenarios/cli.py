@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from shared.cli import friendly
+from shared.errors import TestbedError
 
 app = typer.Typer(
     help="Scenarios that run both sides: a victim behind its live API, and an attacker.",
@@ -53,14 +54,35 @@ def run(
     name: str = typer.Argument(..., help="Experiment name (see `scenarios experiments`)"),
     quick: bool = typer.Option(False, help="Embedded data and a small budget: minutes on a CPU"),
     out: Path | None = typer.Option(None, help="Results folder [default: results/<name>]"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a configuration field: budgets=1000,5000 knockoff.epochs=10"
+    ),
 ) -> None:
     """Run one experiment: <out>/results.json, then results.md and results.png from it."""
+    from scenarios.experiments.overrides import apply_overrides
     from scenarios.experiments.registry import default_out, get
 
     experiment = get(name)
     folder = out or default_out(name)
-    results = experiment.run(folder, quick=quick, say=typer.echo)
+    config = apply_overrides(experiment.config(quick), set_) if set_ else None
+    results = experiment.run(folder, quick=quick, say=typer.echo, config=config)
     typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
+
+
+@app.command()
+@friendly
+def render(
+    name: str = typer.Argument(..., help="Experiment name"),
+    out: Path | None = typer.Option(None, help="Results folder [default: results/<name>]"),
+) -> None:
+    """Regenerate results.md and results.png from results.json alone (no experiment runs)."""
+    from scenarios.experiments.registry import default_out, get
+
+    results_json = (out or default_out(name)) / "results.json"
+    if not results_json.is_file():
+        raise TestbedError(f"render: no {results_json}; run the experiment first")
+    for path in get(name).render(results_json):
+        typer.echo(str(path))
 
 
 @app.command()

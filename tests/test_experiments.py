@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from scenarios.cli import app
 from scenarios.experiments import granularity, steps
 from scenarios.experiments.cache import config_hash
-from scenarios.experiments.report import render
 
 
 def test_config_hash_is_stable_and_order_free():
@@ -63,5 +62,6 @@ def test_granularity_quick_through_the_real_service(quick_experiments, tmp_path,
     table = (out / "results.md").read_text()
     (out / "results.md").unlink()
     (out / "results.png").unlink()
-    render(out / "results.json")
+    rendered = CliRunner().invoke(app, ["render", "granularity", "--out", str(out)])
+    assert rendered.exit_code == 0, rendered.output
     assert (out / "results.md").read_text() == table and (out / "results.png").exists()

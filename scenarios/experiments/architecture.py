@@ -18,7 +18,7 @@ from pathlib import Path
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render, write_results
+from scenarios.experiments.report import publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -100,7 +100,7 @@ def run(
         "plot": {"kind": "bars", "y": "recovery"},
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out)
     return results
 
 
@@ -109,5 +109,7 @@ register(
         name="architecture",
         description="knockoff architectures the same as and unlike the victim's, small and large",
         run=run,
+        full=FULL,
+        quick=QUICK,
     )
 )

@@ -21,7 +21,7 @@ from attacker.strategies import AdaptiveConfig
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render, write_results
+from scenarios.experiments.report import publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -157,7 +157,7 @@ def run(
         },  # fmt: skip
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out)
     return results
 
 
@@ -166,5 +166,7 @@ register(
         name="budget",
         description="recovery against the budget, random against adaptive, over seeds",
         run=run,
+        full=FULL,
+        quick=QUICK,
     )
 )

@@ -30,7 +30,7 @@ from scenarios.experiments import scale
 from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.probes import benign_accuracy, benign_keys, benign_set, cached_benign
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render_with, write_results
+from scenarios.experiments.report import publish, pyplot, save_figure
 from scenarios.experiments.steps import (
     SERVICE_READY_S,
     QuerySpec,
@@ -281,7 +281,7 @@ def run(
         "prada_detection": detection,
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out, markdown, plot)
     return results
 
 
@@ -331,10 +331,7 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     detection = results["prada_detection"]
     fig, axes = plt.subplots(1, 2 if detection else 1, figsize=(12 if detection else 7, 4.5))
@@ -369,15 +366,7 @@ def plot(results: dict, path: Path) -> Path:
         ax2.set_ylabel("clients refused (benign: false alarms)")
         ax2.set_title("PRADA: detection rate per attacker")
         ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def render(results_json: Path) -> tuple[Path, Path]:
-    """results.md and results.png from results.json alone."""
-    return render_with(results_json, markdown, plot)
+    return save_figure(fig, path)
 
 
 register(
@@ -386,5 +375,9 @@ register(
         description="benign accuracy against knockoff recovery for each defense and strength; "
         "PRADA's detection",
         run=run,
+        full=FULL,
+        quick=QUICK,
+        markdown=markdown,
+        plot=plot,
     )
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render, write_results
+from scenarios.experiments.report import publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -100,7 +100,7 @@ def run(
         "rows": rows,
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out)
     return results
 
 
@@ -109,5 +109,7 @@ register(
         name="granularity",
         description="what each output granularity gives the attacker at one budget",
         run=run,
+        full=FULL,
+        quick=QUICK,
     )
 )

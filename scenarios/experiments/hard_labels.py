@@ -21,7 +21,7 @@ from attacker.train import KnockoffOptions
 from attacker.transfer import load_transfer_set
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render, write_results
+from scenarios.experiments.report import publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -122,7 +122,7 @@ def run(
         },  # fmt: skip
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out)
     return results
 
 
@@ -131,5 +131,7 @@ register(
         name="hard-labels",
         description="Copycat through a label-only API, with and without class balancing",
         run=run,
+        full=FULL,
+        quick=QUICK,
     )
 )

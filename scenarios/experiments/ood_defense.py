@@ -26,7 +26,7 @@ from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
 from scenarios.experiments.probes import cached_benign
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render_with, write_results
+from scenarios.experiments.report import publish, pyplot, save_figure
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -181,7 +181,7 @@ def run(
         "benign": benign,
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out, markdown, plot)
     return results
 
 
@@ -243,10 +243,7 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     d = results["detection"]["per_transform"]
     specs = list(d)
@@ -266,15 +263,7 @@ def plot(results: dict, path: Path) -> Path:
     axes[1].bar(labels, [r["recovery"] for r in rows], color="#4c72b0")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_title(f"knockoff recovery at {results['config']['budget']} queries")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def render(results_json: Path) -> tuple[Path, Path]:
-    """results.md and results.png from results.json alone."""
-    return render_with(results_json, markdown, plot)
+    return save_figure(fig, path)
 
 
 register(
@@ -283,5 +272,9 @@ register(
         description="the OOD filter against the baselines, then against plain and re-encoding "
         "knockoff attackers",
         run=run,
+        full=FULL,
+        quick=QUICK,
+        markdown=markdown,
+        plot=plot,
     )
 )

@@ -22,7 +22,7 @@ from attacker.train import KnockoffOptions
 from scenarios.experiments import pools, scale
 from scenarios.experiments.filters import FilterSpec, flagged_fraction
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import render_with, write_results
+from scenarios.experiments.report import publish, pyplot, save_figure
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -147,7 +147,7 @@ def run(
         "rows": rows,
         "seconds": time.perf_counter() - start,
     }
-    render(write_results(results, out))
+    publish(results, out, markdown, plot)
     return results
 
 
@@ -176,10 +176,7 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     rows = results["rows"]
@@ -197,15 +194,7 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.suptitle(f"query-distribution at {results['config']['budget']} queries")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def render(results_json: Path) -> tuple[Path, Path]:
-    """results.md and results.png from results.json alone."""
-    return render_with(results_json, markdown, plot)
+    return save_figure(fig, path)
 
 
 register(
@@ -214,5 +203,9 @@ register(
         description="natural, noise, JBDA and in-distribution queries, with and without the "
         "OOD filter",
         run=run,
+        full=FULL,
+        quick=QUICK,
+        markdown=markdown,
+        plot=plot,
     )
 )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scenarios.experiments import report
 from shared.errors import UnknownNameError
 
 MODULES = (
@@ -26,9 +27,21 @@ class Experiment:
     name: str
     description: str
     run: Callable[..., dict]
-    """run(out: Path, quick: bool, say) -> the results (also written to out/results.json)."""
-    figure: str = "agreement"
-    """The results column the PNG plots."""
+    """run(out: Path, quick: bool, say, config=None) -> the results (also written to
+    out/results.json); `config` replaces the default or quick configuration."""
+    full: object = None
+    quick: object = None
+    """The default-scale and quick configurations (frozen dataclasses), for overrides."""
+    markdown: Callable[[dict], str] = report.markdown
+    plot: Callable[[dict, Path], Path] = report.plot
+    """How results.json becomes results.md and results.png (default: one table, one figure)."""
+
+    def config(self, quick: bool) -> object:
+        return self.quick if quick else self.full
+
+    def render(self, results_json: Path) -> tuple[Path, Path]:
+        """results.md and results.png again from results.json alone."""
+        return report.render(results_json, self.markdown, self.plot)
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

@@ -78,12 +78,27 @@ def _lines(ax, results: dict, spec: dict) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot(results: dict, path: Path, column: str = "agreement") -> Path:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on a server or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write at the results' resolution, and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def plot(results: dict, path: Path, column: str = "agreement") -> Path:
+    """The default figure: the `plot` spec's lines, or bars of `column` per setting."""
+    plt = pyplot()
     spec = results.get("plot", {"kind": "bars", "y": column})
     if spec["kind"] == "lines":
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -91,26 +106,28 @@ def plot(results: dict, path: Path, column: str = "agreement") -> Path:
     else:
         fig, ax = plt.subplots(figsize=(1.2 * len(results["rows"]) + 2, 3.5))
         _bars(ax, results, spec["y"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def render(results_json: Path, column: str = "agreement") -> tuple[Path, Path]:
-    """Regenerate the table and the figure from results.json alone."""
-    results = json.loads(results_json.read_text())
-    table = results_json.with_name("results.md")
-    table.write_text(markdown(results))
-    return table, plot(results, results_json.with_name("results.png"), column)
-
-
-def render_with(
-    results_json: Path, markdown: Callable[[dict], str], plot: Callable[[dict, Path], Path]
+def render(
+    results_json: Path,
+    markdown: Callable[[dict], str] = markdown,
+    plot: Callable[[dict, Path], Path] = plot,
 ) -> tuple[Path, Path]:
-    """results.md and results.png from results.json alone, drawn by an experiment's own
-    `markdown(results)` and `plot(results, path)` (several tables, several panels)."""
+    """results.md and results.png from results.json alone, by default as one table and one
+    figure, or by an experiment's own `markdown(results)` and `plot(results, path)`."""
     results = json.loads(results_json.read_text())
     table = results_json.with_name("results.md")
     table.write_text(markdown(results))
     return table, plot(results, results_json.with_name("results.png"))
+
+
+def publish(
+    results: dict,
+    out: Path,
+    markdown: Callable[[dict], str] = markdown,
+    plot: Callable[[dict, Path], Path] = plot,
+) -> dict:
+    """Write out/results.json first, then the table and the figure made from it alone."""
+    render(write_results(results, out), markdown, plot)
+    return results

@@ -1,0 +1,75 @@
+"""`--set field=value` on an experiment's configuration: a budget curve over other budgets or
+seeds, a knockoff trained for other epochs (`knockoff.epochs=10`), without editing code.
+
+A value is read by the type of the field's current value: an int, a float, a boolean, a
+string, or a comma-separated tuple of those; `none` clears a field that may be empty, and a
+field that is empty now takes an int, a float or else a string. The results record the whole
+configuration, so a run with overrides says what it ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass, replace
+from typing import Any
+
+from shared.errors import TestbedError
+
+TRUE, FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+
+
+def _scalar(text: str, like: object, name: str) -> object:
+    text = text.strip()
+    try:
+        if isinstance(like, bool):
+            if text.lower() not in TRUE | FALSE:
+                raise ValueError
+            return text.lower() in TRUE
+        if isinstance(like, int):
+            return int(text)
+        if isinstance(like, float):
+            return float(text)
+    except ValueError:
+        raise TestbedError(f"--set {name}: {text!r} is not a {type(like).__name__}") from None
+    if like is None:
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    return text
+
+
+def _value(text: str, current: object, name: str) -> object:
+    if text.strip().lower() == "none":
+        return None
+    if isinstance(current, tuple):
+        if any(isinstance(item, (tuple, list, dict)) or is_dataclass(item) for item in current):
+            raise TestbedError(f"--set {name}: a nested field, not settable from the command line")
+        like = current[0] if current else ""
+        return tuple(_scalar(part, like, name) for part in text.split(",") if part.strip())
+    if is_dataclass(current) or isinstance(current, (dict, list)):
+        raise TestbedError(f"--set {name}: set one of its fields ({name}.<field>=...)")
+    return _scalar(text, current, name)
+
+
+def _set(config: Any, path: list[str], text: str, name: str) -> Any:
+    known = [f.name for f in fields(config)]
+    if path[0] not in known:
+        raise TestbedError(f"--set {name}: no field {path[0]!r}; known: {', '.join(known)}")
+    current = getattr(config, path[0])
+    if len(path) > 1:
+        if not is_dataclass(current):
+            raise TestbedError(f"--set {name}: {path[0]!r} has no fields")
+        return replace(config, **{path[0]: _set(current, path[1:], text, name)})
+    return replace(config, **{path[0]: _value(text, current, name)})
+
+
+def apply_overrides(config: Any, assignments: Sequence[str]) -> Any:
+    """`config` (a frozen dataclass) with each `field=value` (dotted for nested) applied."""
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or not name.strip():
+            raise TestbedError(f"--set takes field=value, got {assignment!r}")
+        config = _set(config, name.strip().split("."), text, name.strip())
+    return config
