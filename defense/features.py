@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from shared.device import autocast
 from shared.errors import TestbedError
 from shared.models import IMAGENET_MEAN, IMAGENET_STD, Classifier, create_model
 from shared.paths import data_settings
+from shared.tracing import traced_features
 from shared.training import LossFn, TrainConfig, fit, to_tensor
 
 BACKBONE_KINDS = ("victim", "torchvision", "scratch", "defender")
@@ -79,6 +81,15 @@ class Backbone:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.fingerprint = fingerprint(self.model)
+        self._features: Callable[[torch.Tensor], torch.Tensor] = self.model.features
+
+    def trace(self) -> bool:
+        """Serve `features` as a verified TorchScript trace on a CPU (`shared.tracing`: no GIL
+        hand-offs between operators while the service's threads share it); False where it does
+        not apply and the eager model stays."""
+        traced = traced_features(self.model, self.input_size, self.device, amp=False)
+        self._features = traced or self.model.features
+        return traced is not None
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +102,8 @@ class Backbone:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             size = (self.input_size, self.input_size)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if self._features is not self.model.features and not amp:  # the trace's layout
+            return self._features(x.contiguous(memory_format=torch.channels_last)).float().cpu()
         with autocast(self.device, amp):
             return self.model.features(x.contiguous()).float().cpu()
 

@@ -52,6 +52,8 @@ class BuildContext:
     device: torch.device
     amp: bool = False
     seed: int = 0
+    trace: bool = False
+    """Serve a step's own network as a TorchScript trace on a CPU (`VICTIM_TRACE`)."""
 
 
 Builder = Callable[[Any, BuildContext], Step]

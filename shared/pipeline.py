@@ -52,11 +52,20 @@ class AnswerBatch:
 
 
 class Step(Protocol):
-    """A pipeline step: a function of a batch. `name` labels its flags and metrics."""
+    """A pipeline step: a function of a batch. `name` labels its flags and metrics.
+
+    A step that keeps no state between batches may say so with `stateful = False`: the steps
+    that lead the pipeline and say so then run in every model thread at once (an OOD filter's
+    own forward pass); every other step runs one batch at a time.
+    """
 
     name: str
 
     def __call__(self, batch: AnswerBatch) -> AnswerBatch: ...
+
+
+def is_stateful(step: Step) -> bool:
+    return bool(getattr(step, "stateful", True))
 
 
 def round_probs(probs: torch.Tensor, decimals: int) -> torch.Tensor:
@@ -127,6 +136,8 @@ class Blackbox:
         self.model = model.eval()
         self.input_size = input_size
         self.steps = list(steps)
+        lead = next((i for i, step in enumerate(self.steps) if is_stateful(step)), len(steps))
+        self._parallel_steps, self._serial_steps = self.steps[:lead], self.steps[lead:]
         self.granularity = granularity or Granularity()
         self.device = torch.device(device)
         self.amp = amp
@@ -163,8 +174,10 @@ class Blackbox:
             probs=torch.softmax(logits.double(), dim=1),
             clients=clients,
         )
+        for step in self._parallel_steps:
+            batch = step(batch)
         with self._lock:  # steps keep state (PRADA's history, seeded noise): one batch at a time
-            for step in self.steps:
+            for step in self._serial_steps:
                 batch = step(batch)
             self.queries += n
         return batch

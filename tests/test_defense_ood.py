@@ -219,3 +219,15 @@ def test_torchvision_backbone_from_a_local_weights_file(tmp_path):
             "digits", "natural", f"torchvision:resnet18:{tmp_path / 'nope.pth'}",
             tmp_path / "x.pt", out_size=50, progress=False,
         )  # fmt: skip
+
+
+def test_the_served_filter_traces_its_backbone_and_scores_as_fitted(trained):
+    """In the service the filter's backbone runs as a TorchScript trace on a CPU: same scores."""
+    from defense.defenses.ood_filter import OODFilterStep
+
+    eager = OODFilter.load(trained.path)
+    traced = OODFilter.load(trained.path)
+    assert traced.backbone.trace()
+    x = torch.from_numpy(np.random.default_rng(0).random((21, 3, 32, 32), np.float32))
+    assert np.allclose(traced.score_images(x), eager.score_images(x), rtol=0, atol=1e-5)
+    assert OODFilterStep(traced).stateful is False  # the service may run it in every thread

@@ -125,3 +125,55 @@ def test_a_model_the_tracer_cannot_follow_is_served_eagerly():
             assert torch.allclose(box.answer(images).probs, plain.answer(images).probs)
     finally:
         type(model).features = original
+
+
+def test_leading_stateless_steps_run_in_every_model_thread_at_once():
+    """The service's model threads share one Blackbox: a step that says `stateful = False` and
+    leads the pipeline (the OOD filter) runs in both at once; the stateful ones stay serial."""
+    import threading
+
+    from shared.models import create_model
+
+    inside = threading.Barrier(2, timeout=20)  # both threads must be in the step together
+    active, most = [0], [0]
+    count = threading.Lock()
+
+    class Stateless:
+        name, stateful = "free", False
+
+        def __call__(self, batch):
+            inside.wait()
+            return batch
+
+    class Stateful:
+        name = "serial"
+
+        def __call__(self, batch):
+            with count:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            threading.Event().wait(0.2)
+            with count:
+                active[0] -= 1
+            return batch
+
+    box = Blackbox(create_model("cnn5", num_classes=3), 32, steps=[Stateless(), Stateful()])
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    errors: list[BaseException] = []
+
+    def ask():
+        try:
+            box.answer(images)
+        except BaseException as e:  # a broken barrier: the first step ran one thread at a time
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert most[0] == 1 and box.queries == 4
+    # a stateful step first keeps every step behind it serial too (their order is the pipeline)
+    box = Blackbox(create_model("cnn5", num_classes=3), 32, steps=[Stateful(), Stateless()])
+    assert box._parallel_steps == [] and len(box._serial_steps) == 2

@@ -57,7 +57,9 @@ def load_blackbox(settings: VictimSettings) -> Blackbox:
     device = resolve_device(settings.device)
     model, card = load_checkpoint(settings.checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
-    context = BuildContext(model, card, device, amp=settings.amp, seed=settings.seed)
+    context = BuildContext(
+        model, card, device, amp=settings.amp, seed=settings.seed, trace=settings.trace
+    )
     steps = build_steps(settings.defenses, context)
     granularity = Granularity(settings.output, settings.top_k, settings.round_decimals)
     return Blackbox(

@@ -51,6 +51,9 @@ class OODFilterStep:
     seed: int = 0
     reuse_features: bool = False
     name: str = "ood"
+    stateful: bool = False
+    """A function of the batch alone (the shuffle is seeded by each row's pixels): the service's
+    model threads run it at once, outside the lock of PRADA and the seeded noise."""
 
     def scores(self, batch: AnswerBatch) -> np.ndarray:
         if self.reuse_features:
@@ -74,6 +77,7 @@ def build(settings: OODSettings, ctx: BuildContext) -> OODFilterStep:
         )  # fmt: skip
     same_victim = ood.backbone.fingerprint == fingerprint(ctx.model)
     float32_victim = not (ctx.amp and bf16_supported(ctx.device))
-    return OODFilterStep(
-        ood, settings.action, ctx.seed, reuse_features=same_victim and float32_victim
-    )
+    reuse = same_victim and float32_victim
+    if not reuse and ctx.trace:
+        ood.backbone.trace()
+    return OODFilterStep(ood, settings.action, ctx.seed, reuse_features=reuse)
