@@ -14,7 +14,7 @@ import torch
 from attacker.evaluate import evaluate, save_outputs
 from attacker.losses import answer_loss, hard_cross_entropy, soft_cross_entropy, topk_cross_entropy
 from attacker.store import Query, Run, open_store
-from attacker.train import KnockoffOptions, balance_indices, train_budgets
+from attacker.train import KnockoffOptions, balance_indices, train_budgets, train_knockoff
 from attacker.transfer import load_transfer_set
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
@@ -127,6 +127,19 @@ def test_each_budget_trains_a_fresh_model(transfer_db, tmp_path):
         assert torch.equal(tensor, after_other.state_dict()[name]), name
     assert any(not torch.equal(t, small.state_dict()[n]) for n, t in fresh.state_dict().items())
     assert load_transfer_set(transfer_db, budget=60).images.shape == (60, 3, 32, 32)
+
+
+def test_min_steps_adds_epochs_to_small_transfer_sets_only(transfer_db, tmp_path):
+    from attacker.train import epochs_for
+
+    options = KnockoffOptions(epochs=20, batch_size=64, min_steps=1_400)
+    assert epochs_for(4_500, options) == 20  # 71 steps an epoch: the epochs already suffice
+    assert epochs_for(900, options) == 94  # 15 steps an epoch: 1,400 steps in 94 epochs
+    assert epochs_for(900, KnockoffOptions(epochs=20, batch_size=64)) == 20  # off by default
+    quick = KnockoffOptions(arch="cnn5", epochs=1, batch_size=32, min_steps=12, progress=False)
+    _, result = train_knockoff(load_transfer_set(transfer_db, budget=60), quick, tmp_path / "k.pt")
+    _, card = load_checkpoint(result.checkpoint)
+    assert card.extra["epochs"] == 6  # 54 training images: 2 steps an epoch, 12 steps
 
 
 # --------------------------------------------------------------------------- evaluation

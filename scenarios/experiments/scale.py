@@ -21,14 +21,24 @@ QUICK_VICTIM = VictimSpec.of("digits", epochs=8)
 QUICK_POOL = "natural"
 
 
+KNOCKOFF_MIN_STEPS = 1_400
+"""What 5,000 answers get in 20 epochs of 64: smaller transfer sets get as many steps."""
+
+
 def knockoff() -> KnockoffOptions:
-    """The realistic demo's knockoff (cnn9 from scratch), a fresh object each call."""
-    demo = PRESETS["realistic"]
+    """The realistic demo's knockoff architecture (cnn9 from scratch), trained in batches of 64
+    for at least 20 epochs and KNOCKOFF_MIN_STEPS steps, a fresh object each call.
+
+    The demo's own recipe (batches of 256 at rate 0.2, 20 epochs) is made for 60,000 answers;
+    on 5,000 it stopped at recovery 0.54 where this one reached 0.73 (the same transfer set),
+    and on 1,000 it never left a constant guess (0.12).
+    """
     return KnockoffOptions(
-        arch=demo.knockoff_arch,
-        epochs=demo.knockoff_epochs,
-        batch_size=demo.knockoff_batch_size,
-        lr=demo.knockoff_lr,
+        arch=PRESETS["realistic"].knockoff_arch,
+        epochs=20,
+        batch_size=64,
+        lr=0.05,
+        min_steps=KNOCKOFF_MIN_STEPS,
         progress=False,
     )
 
