@@ -31,6 +31,9 @@ def demo(
     strategy: str | None = typer.Option(None, help="random | adaptive"),
     knockoff_arch: str | None = typer.Option(None),
     knockoff_epochs: int | None = typer.Option(None),
+    knockoff_min_steps: int | None = typer.Option(
+        None, help="Train each knockoff for at least this many steps [default: 1000]"
+    ),
     balance: bool | None = typer.Option(None, "--balance/--no-balance"),
     seed: int | None = typer.Option(None),
     out: Path | None = typer.Option(None, help="Report folder"),
@@ -99,6 +102,9 @@ def audit(
     target: float = typer.Option(0.9, help="Share of your model's accuracy that counts"),
     knockoff_arch: str | None = typer.Option(None),
     knockoff_epochs: int | None = typer.Option(None),
+    knockoff_min_steps: int | None = typer.Option(
+        None, help="Train each knockoff for at least this many steps [default: 1000]"
+    ),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("results/audit"), help="Report folder"),
 ) -> None:
@@ -114,6 +120,8 @@ def audit(
         config = replace(config, knockoff_arch=knockoff_arch)
     if knockoff_epochs is not None:
         config = replace(config, knockoff_epochs=knockoff_epochs)
+    if knockoff_min_steps is not None:
+        config = replace(config, knockoff_min_steps=knockoff_min_steps)
     results = run_audit(config, out, say=typer.echo)
     typer.echo(verdict(results))
     typer.echo(f"report: {out / 'report.html'} and {out / 'report.md'}")

@@ -20,8 +20,8 @@ def test_audit_of_a_keyed_live_endpoint(victim_checkpoint, tmp_path):
     env = {"VICTIM_CHECKPOINT": str(victim_checkpoint), "VICTIM_API_KEYS": KEY}
     out = tmp_path / "audit"
     common = ["audit", "--test-data", "digits", "--pool", "natural", "--pool-size", "1000",
-              "--budgets", "600,100,300", "--knockoff-epochs", "30", "--target", "0.9",
-              "--out", str(out)]  # fmt: skip
+              "--budgets", "600,100,300", "--knockoff-epochs", "30", "--knockoff-min-steps", "0",
+              "--target", "0.9", "--out", str(out)]  # fmt: skip
     with service_process(env) as (url, _):
         refused = CliRunner().invoke(app, [*common, "--url", url])
         assert refused.exit_code == 2 and "Traceback" not in refused.output

@@ -17,7 +17,7 @@ import html
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,9 @@ class AuditConfig:
     knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
     knockoff_batch_size: int = KNOCKOFF.batch_size
     knockoff_lr: float = KNOCKOFF.lr
+    knockoff_min_steps: int = 1_000
+    """Small budgets get at least this many training steps: a knockoff stopped before it
+    converges would overstate the queries a copy needs, and so understate the owner's risk."""
     concurrency: int = 8
     seed: int = 0
 
@@ -113,7 +116,9 @@ def run_audit(config: AuditConfig, out: Path, say: Say = print) -> dict:
         t = time.perf_counter()
         transfer = load_transfer_set(db, query.run_id, budget)
         knockoff = out / "knockoffs" / f"knockoff-{budget}.pt"
-        train_knockoff(transfer, attack.knockoff_options(progress=False), knockoff)
+        options = replace(attack.knockoff_options(progress=False),
+                          min_steps=config.knockoff_min_steps)  # fmt: skip
+        train_knockoff(transfer, options, knockoff)
         train_seconds = time.perf_counter() - t
         e = evaluate(knockoff, config.url, config.test_data, "test", victim_labels=victim_labels)
         query_seconds = seconds_to(db, query.run_id, budget)
@@ -190,7 +195,8 @@ def markdown(results: dict) -> str:
         "",
         f"Endpoint `{c['url']}`; test data `{c['test_data']}` ({results['test_images']} "
         f"images); attacker: KnockoffNets, random images from `{c['pool']}`, knockoff "
-        f"`{c['knockoff_arch']}` ({c['knockoff_epochs']} epochs); seed {results['seed']}.",
+        f"`{c['knockoff_arch']}` ({c['knockoff_epochs']} epochs, at least "
+        f"{c.get('knockoff_min_steps', 0):,} steps); seed {results['seed']}.",
         "",
         f"**{verdict(results)}**",
         "",
