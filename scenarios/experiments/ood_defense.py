@@ -51,9 +51,7 @@ class OODDefenseConfig:
     transforms: tuple[str, ...] = DEFAULT_ATTACK_TRANSFORMS
     detection_attack_images: int = 5_000
     benign_images: int | None = 2_000
-    filter: FilterSpec = field(
-        default_factory=lambda: FilterSpec(scale.VICTIM.dataset, scale.DEFENDER_DATA)
-    )
+    filter: FilterSpec = scale.FILTER
     knockoff: KnockoffOptions = field(default_factory=scale.knockoff)
     seed: int = 0
 
@@ -68,18 +66,7 @@ QUICK = OODDefenseConfig(
     transforms=("none", "jpeg:50", "resize:16"),
     detection_attack_images=500,
     benign_images=None,
-    filter=FilterSpec(
-        "digits",
-        "natural",
-        pretrain_epochs=2,
-        pretrain_limit=1_000,
-        fit_limit=1_000,
-        match_in=0.0,
-        backbone_size=None,
-        folds=3,
-        out_size=2_000,
-        seed=1,
-    ),  # fmt: skip
+    filter=scale.QUICK_FILTER,
     knockoff=scale.quick_knockoff(),
 )
 """Embedded data only: digits victim, natural pool (the defender's natural images drawn with

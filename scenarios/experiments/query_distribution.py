@@ -48,9 +48,7 @@ class QueryDistributionConfig:
     jbda_seed_per_class: int = 15
     jbda_rounds: int = 5
     jbda_round_epochs: int = 10
-    filter: FilterSpec = field(
-        default_factory=lambda: FilterSpec(scale.VICTIM.dataset, scale.DEFENDER_DATA)
-    )
+    filter: FilterSpec = scale.FILTER
     knockoff: KnockoffOptions = field(default_factory=scale.knockoff)
     seed: int = 0
 
@@ -64,18 +62,7 @@ QUICK = QueryDistributionConfig(
     jbda_seed_per_class=5,
     jbda_rounds=2,
     jbda_round_epochs=3,
-    filter=FilterSpec(
-        "digits",
-        "natural",
-        pretrain_epochs=2,
-        pretrain_limit=1_000,
-        fit_limit=1_000,
-        match_in=0.0,
-        backbone_size=None,
-        folds=3,
-        out_size=2_000,
-        seed=1,
-    ),  # fmt: skip
+    filter=scale.QUICK_FILTER,
     knockoff=replace(scale.quick_knockoff(), epochs=60),
 )
 """Embedded data only: digits victim (half its test split gives 225 images to query, hence

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from attacker.train import KnockoffOptions
 from scenarios.demo import PRESETS
+from scenarios.experiments.filters import FilterSpec
 from scenarios.experiments.steps import VictimSpec
 
 VICTIM = VictimSpec.of("cifar10-jpeg")
@@ -19,6 +20,23 @@ DEFENDER_DATA = "tiny-imagenet-defender"
 QUICK_VICTIM = VictimSpec.of("digits", epochs=8)
 """The test suite's victim fixture's recipe (cnn5, 8 epochs), so tests can seed the cache."""
 QUICK_POOL = "natural"
+
+FILTER = FilterSpec(VICTIM.dataset, DEFENDER_DATA)
+"""The OOD benchmark's recommended filter for the victim, trained on the defender's data."""
+QUICK_FILTER = FilterSpec(
+    "digits",
+    "natural",
+    pretrain_epochs=2,
+    pretrain_limit=1_000,
+    fit_limit=1_000,
+    match_in=0.0,
+    backbone_size=None,
+    folds=3,
+    out_size=2_000,
+    seed=1,
+)  # fmt: skip
+"""A small filter for the digits victim: the defender's natural images are drawn with another
+seed than the attacker's."""
 
 
 KNOCKOFF_MIN_STEPS = 1_400
