@@ -19,12 +19,20 @@ machinery itself: HTTP, PNG encoding, hashing, scheduling, SQLite. `by_pool` add
 whose synthesis (random crops of large photographs) costs about 1 ms of CPU per image: where the
 attacker and the service share a few cores, that CPU is taken from the service, and the ratio
 shows it. Timings on a shared machine are noisy: the medians of `--repeats` alternations count.
+
+Two CPU layouts (`--cores`): `shared` puts the clients and the service on all the cores, as on
+one machine, where every microsecond the attacker spends is taken from the service, so the
+ratio measures their sum; `split` pins the service to one half of the CPUs and the clients (the
+load generator and the attacker alike) to the other, as an attacker's and an owner's machines
+are in practice: the ratio says whether the attacker keeps up with the service. The headline
+keys are the first layout's; `by_cores` has both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -37,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from attacker.query import QueryConfig, run_query
-from benchmarks.common import throwaway_victim
+from benchmarks.common import pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
 from shared.datasets import load_dataset
@@ -126,21 +134,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--protocols", default="v1,v2", help="comma-separated; the headline is the first one's"
     )
+    parser.add_argument(
+        "--cores", default="shared,split",
+        help="comma-separated CPU layouts: shared (client and service on all cores, as on one "
+        "machine) and split (service on one half, clients on the other: two machines)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     pools = [p for p in args.pools.split(",") if p]
     protocols = [p for p in args.protocols.split(",") if p]
+    layouts = [c for c in args.cores.split(",") if c]
+    halves = split_cpus()
+    if "split" in layouts and halves is None:
+        print("one CPU only: no split layout", file=sys.stderr)
+        layouts.remove("split")
 
+    by_cores = {}
     with tempfile.TemporaryDirectory(prefix="attack-bench-") as tmp:
         checkpoint = throwaway_victim(Path(tmp) / "victim.pt")
         env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": args.device}
-        with service_process(env, ready_timeout=300) as (url, process):
-            by_protocol = {
-                protocol: {
-                    name: measure(args, url, process.pid, name, protocol, Path(tmp))
-                    for name in pools
-                }
-                for protocol in protocols
+        for layout in layouts:
+            service_cpus, client_cpus = halves if layout == "split" else (None, None)
+            with contextlib.ExitStack() as stack:
+                with pinned(service_cpus):
+                    url, process = stack.enter_context(service_process(env, ready_timeout=300))
+                with pinned(client_cpus):
+                    by_protocol = {
+                        protocol: {
+                            name: measure(args, url, process.pid, name, protocol, Path(tmp))
+                            for name in pools
+                        }
+                        for protocol in protocols
+                    }
+            by_cores[layout] = {
+                "service_cpus": sorted(service_cpus) if service_cpus else "all",
+                "client_cpus": sorted(client_cpus) if client_cpus else "all",
+                "attacker_vs_service_capacity": by_protocol[protocols[0]][pools[0]][
+                    "attacker_vs_service_capacity"
+                ],
+                "by_protocol": by_protocol,
             }
+    main_layout = by_cores[layouts[0]]
+    by_protocol = main_layout["by_protocol"]
     by_pool = by_protocol[protocols[0]]
     headline = by_pool[pools[0]]
     out = {
@@ -149,9 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
         "service_images_per_s": headline["service_images_per_s"],
         "pool": pools[0],
         "protocol": protocols[0],
+        "cores": layouts[0],
         "target": TARGET,
         "by_pool": by_pool,
         "by_protocol": by_protocol,
+        "by_cores": by_cores,
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
         "duration_s": args.duration,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +59,28 @@ def write_json(path: Path | None, results: dict) -> None:
     print(text)
     if path is not None:
         path.write_text(text + "\n")
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """This process's CPUs in two halves (service, clients), or None with fewer than two: two
+    machines' worth of cores, so client and service stop taking CPU from each other."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+@contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block on `cpus` only (None: unchanged); the processes and threads it starts
+    inherit the mask, and keep it after the block."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset),
+    which `os.cpu_count()` ignores, so a service pinned to one core does not start two
+    single-threaded forward passes that fight over it."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -59,3 +62,18 @@ def test_malloc_arenas_are_bounded_where_glibc_runs():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt's arena limit is glibc's")
     assert limit_malloc_arenas(2)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_model_threads_follow_the_cpus_the_service_may_use():
+    """A service pinned to one core (taskset, a cpuset container) runs one forward pass with one
+    intra-op thread: `os.cpu_count()` counts the machine's cores, which would start one
+    single-threaded pass per core, all fighting over the one they may use."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import torch; "
+        "from victim_service.app import model_threads; from victim_service.settings import "
+        "VictimSettings; print(model_threads(VictimSettings(), torch.device('cpu')), "
+        "torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]

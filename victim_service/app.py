@@ -9,7 +9,6 @@ import asyncio
 import base64
 import binascii
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from defense.registry import BuildContext, build_steps
 from shared.checkpoint import load_checkpoint
-from shared.device import resolve_device
+from shared.device import resolve_device, usable_cpus
 from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
 from shared.pipeline import Blackbox, Granularity
 from shared.schemas import (
@@ -75,7 +74,7 @@ def model_threads(settings: VictimSettings, device: torch.device) -> int:
     """
     if device.type != "cpu":
         return settings.model_threads or 1
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     threads = settings.model_threads or cores
     torch.set_num_threads(max(1, cores // threads))
     return threads
