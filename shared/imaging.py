@@ -66,7 +66,9 @@ def decode_image(data: bytes, max_pixels: int = 16_000_000) -> np.ndarray:
                     f"over the limit of {max_pixels}"
                 )
             image.load()
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            if image.mode != "RGB":  # convert() copies even an RGB image
+                image = image.convert("RGB")
+            return np.asarray(image, dtype=np.uint8)
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks.common import throwaway_victim
 from reliability.fuzz import check_hostile_images, check_schemathesis
@@ -74,3 +77,16 @@ def test_formats_outside_the_list_are_not_parsed():
         with pytest.raises(ImageError) as info:
             decode_image(payload)
         assert info.value.kind == "not_an_image"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "I;16", "1", "CMYK"])
+def test_every_colour_mode_decodes_to_rgb_bytes(mode):
+    """Grey, alpha, palette, 16-bit, bilevel and CMYK images reach the model as (H, W, 3) uint8,
+    the same pixels PIL's own RGB conversion gives (RGB itself is not copied through it)."""
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.shape == (5, 7, 3) and decoded.dtype == np.uint8
+    assert np.array_equal(decoded, np.asarray(Image.open(buffer).convert("RGB")))
