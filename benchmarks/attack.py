@@ -49,7 +49,7 @@ from benchmarks.common import pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
 from shared.datasets import load_dataset
-from shared.imaging import encode_image
+from shared.imaging import encode_image, resize
 from victim_service.launch import service_process
 
 TARGET = 0.9
@@ -59,13 +59,14 @@ def measure(
     args: argparse.Namespace, url: str, pid: int, pool_name: str, protocol: str, tmp: Path
 ) -> dict:
     """Alternate capacity and attacker runs `repeats` times; medians of rates and ratios."""
+    # the images as the attacker sends them: at the victim's input size (a folder pool's
+    # 64-px photographs would cost the service a larger decode and a resize)
     pool = load_dataset(pool_name, size=512, image_size=32, seed=0)
+    images = np.stack([resize(pool.image(i), 32) for i in range(min(len(pool), 512))])
     if protocol == "v2":
-        requests = v2_requests(np.stack([pool.image(i) for i in range(len(pool))]), args.batch_size)
+        requests = v2_requests(images, args.batch_size)
     else:
-        requests = v1_requests(
-            [encode_image(pool.image(i)) for i in range(len(pool))], args.batch_size
-        )
+        requests = v1_requests([encode_image(image) for image in images], args.batch_size)
     capacity, attacker, ratios = [], [], []
     cpu: dict[str, list[float]] = {"loadgen": [], "service_under_loadgen": [], "attacker": [],
                                    "service_under_attacker": []}  # fmt: skip
