@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -86,6 +87,33 @@ def render(
         raise TestbedError(f"render: no {results_json}; run the experiment first")
     for path in get(name).render(results_json):
         typer.echo(str(path))
+
+
+@app.command()
+@friendly
+def merge(
+    name: str = typer.Argument(..., help="Experiment name"),
+    parts: list[Path] = typer.Argument(..., help="Results folders of runs on other budgets/seeds"),
+    out: Path = typer.Option(..., help="Results folder for the merged results"),
+) -> None:
+    """One results.json (and its table and plot) from runs of one experiment's grid in pieces."""
+    from scenarios.experiments.registry import get
+    from scenarios.experiments.report import publish
+
+    experiment = get(name)
+    if experiment.merge is None:
+        raise TestbedError(f"merge: {name}'s results are not pieces of a grid; nothing to merge")
+    loaded = []
+    for path in (part / "results.json" for part in parts):
+        if not path.is_file():
+            raise TestbedError(f"merge: no {path}")
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise TestbedError(f"merge: {path} is not valid JSON ({exc})") from None
+    results = experiment.merge(loaded)
+    publish(results, out, experiment.markdown, experiment.plot)
+    typer.echo(f"{name}: {len(results['rows'])} rows from {len(parts)} runs -> {out}")
 
 
 @app.command()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from scenarios.cli import app
 from scenarios.experiments import budget
+from shared.errors import TestbedError
 
 
 def _rows(points: dict[tuple[str, int], list[float]]) -> list[dict]:
@@ -27,6 +32,49 @@ def test_the_verdict_weighs_the_gap_against_the_seeds_noise():
     better = budget.verdict(budget.summarize(_rows(
         {("random", 1000): [0.5, 0.52], ("adaptive", 1000): [0.7, 0.72]})))  # fmt: skip
     assert better["adaptive_beats_random"] and better["adaptive_matches_random"]
+
+
+def _piece(budgets: list[int], seeds: list[int], recovery: float, **config: object) -> dict:
+    """A results dict as a run of the grid's piece (budgets x seeds) writes it."""
+    rows = [{"strategy": s, "seed": k, "queries": b, "recovery": recovery + b / 1e5 + k / 100,
+             "victim_accuracy": 0.86}
+            for s in ("random", "adaptive") for k in seeds for b in budgets]  # fmt: skip
+    settings = {**asdict(replace(budget.FULL, budgets=tuple(budgets), seeds=tuple(seeds))),
+                **config}  # fmt: skip
+    return {**budget.assemble(rows, settings, False, "victim.pt"), "seconds": 10.0}
+
+
+def test_merge_joins_pieces_of_the_grid_into_the_results_one_run_would_write(tmp_path):
+    small, large = _piece([1000, 2000], [0, 1, 2], 0.4), _piece([20000], [0], 0.8)
+    merged = budget.merge([small, large])
+    rows = small["rows"] + large["rows"]
+    assert sorted(map(str, merged["rows"])) == sorted(map(str, rows))
+    assert merged["config"]["budgets"] == [1000, 2000, 20000]
+    assert merged["summary"] == budget.summarize(merged["rows"])
+    assert merged["verdict"] == budget.verdict(merged["summary"])
+    assert merged["seconds"] == 20.0 and merged["merged_from"] == 2
+    assert any("20000: seeds [0]" in note for note in merged["notes"])  # the uneven point said
+    for name, piece in (("a", small), ("b", large)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(piece))
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["merge", "budget", str(tmp_path / "a"), str(tmp_path / "b"),
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["summary"] == merged["summary"]
+    assert "| random | 20000 | 1 |" in (out / "results.md").read_text()
+
+
+def test_merge_refuses_pieces_of_different_grids_and_points_measured_twice(tmp_path: Path):
+    base = _piece([1000], [0], 0.4)
+    with pytest.raises(TestbedError, match="in two of the results"):
+        budget.merge([base, _piece([1000, 2000], [0], 0.4)])
+    with pytest.raises(TestbedError, match="not pieces of one grid"):
+        budget.merge([base, _piece([2000], [0], 0.4, pool="natural")])
+    with pytest.raises(TestbedError, match="not pieces of one grid"):
+        budget.merge([base, {**_piece([2000], [0], 0.4), "victim_checkpoint": "other.pt"}])
+    result = CliRunner().invoke(app, ["merge", "granularity", str(tmp_path), "--out", "x"])
+    assert result.exit_code != 0 and "not pieces of a grid" in result.output
 
 
 @pytest.mark.timeout(1800)

@@ -29,6 +29,7 @@ from scenarios.experiments.steps import (
     cached_victim,
     knockoff_row,
 )
+from shared.errors import TestbedError
 
 PROBABILITIES = {"VICTIM_OUTPUT": "probs"}
 
@@ -92,27 +93,9 @@ def verdict(summary: list[dict]) -> dict:
     }
 
 
-def run(
-    out: Path, quick: bool = False, say: Callable[[str], object] = print,
-    config: BudgetConfig | None = None,
-) -> dict:  # fmt: skip
-    """Every (strategy, seed, budget); writes out/results.json, results.md, results.png."""
-    config = config or (QUICK if quick else FULL)
-    start = time.perf_counter()
-    victim_path = cached_victim(config.victim, say)
-    budgets = sorted(config.budgets)
-    rows = []
-    for strategy in config.strategies:
-        for seed in config.seeds:
-            query = QuerySpec(config.pool, config.pool_size, budgets[-1], strategy, seed,
-                              config.adaptive)  # fmt: skip
-            t = time.perf_counter()
-            db = cached_transfer_set(config.victim, PROBABILITIES, query, say)
-            say(f"  {strategy} seed {seed}: transfer set in {time.perf_counter() - t:.0f} s")
-            for budget in budgets:
-                e = knockoff_row(db, budget, replace(config.knockoff, seed=seed), config.victim)
-                rows.append({"strategy": strategy, "seed": seed, **e})
-                say(f"  {strategy} seed {seed} at {budget}: recovery {e['recovery']:.3f}")
+def assemble(rows: list[dict], config: dict, quick: bool, victim_checkpoint: Path | str) -> dict:
+    """results.json from the rows (a run's, or several runs' merged): the summary over seeds,
+    the verdict, and a note where the grid is a subset of the experiment's."""
     summary = summarize(rows)
     decision = verdict(summary)
     word = "beats" if decision["adaptive_beats_random"] else (
@@ -122,17 +105,22 @@ def run(
     notes = [f"adaptive {word} random at every budget measured (mean recovery, adaptive minus "
              "random: " + ", ".join(f"{b}: {g:+.3f}" for b, g in gaps) + ")"]  # fmt: skip
     full = QUICK if quick else FULL
-    if (config.budgets, config.seeds) != (full.budgets, full.seeds):
-        notes.append(f"a subset of the grid: budgets {list(config.budgets)}, seeds "
-                     f"{list(config.seeds)} (the full grid: budgets {list(full.budgets)}, "
-                     f"seeds {list(full.seeds)})")  # fmt: skip
+    budgets, seeds = sorted(config["budgets"]), sorted(config["seeds"])
+    if (budgets, seeds) != (sorted(full.budgets), sorted(full.seeds)):
+        notes.append(f"a subset of the grid: budgets {budgets}, seeds {seeds} (the full grid: "
+                     f"budgets {list(full.budgets)}, seeds {list(full.seeds)})")  # fmt: skip
+    seeds_at = {b: sorted({r["seed"] for r in rows if r["queries"] == b}) for b in budgets}
+    uneven = {b: k for b, k in seeds_at.items() if k != seeds}
+    if uneven:
+        notes.append("not every seed at every budget: " + ", ".join(
+            f"{b}: seeds {k}" for b, k in uneven.items()))  # fmt: skip
     results = {
         "experiment": "budget",
         "description": (__doc__ or "").strip().splitlines()[0],
         "quick": quick,
-        "seed": list(config.seeds),
-        "config": asdict(config),
-        "victim_checkpoint": str(victim_path),
+        "seed": seeds,
+        "config": config,
+        "victim_checkpoint": str(victim_checkpoint),
         "victim_accuracy": rows[0]["victim_accuracy"],
         "rows": rows,
         "summary": summary,
@@ -155,8 +143,74 @@ def run(
             "series": "strategy",
             "logx": True,
         },  # fmt: skip
-        "seconds": time.perf_counter() - start,
     }
+    return results
+
+
+def merge(parts: list[dict]) -> dict:
+    """One results.json from runs of the same experiment on different budgets or seeds (the
+    grid run in pieces): a knockoff at budget b trains on the first b answers of a run, which
+    is what a run of any larger budget asks first, so the pieces' rows are the full grid's.
+    Refuses pieces whose victim, scale or configuration (apart from budgets and seeds) differ,
+    and points measured twice."""
+    if not parts:
+        raise TestbedError("merge: no results to merge")
+
+    def identity(part: dict) -> tuple:
+        rest = {k: v for k, v in part["config"].items() if k not in ("budgets", "seeds")}
+        return part.get("experiment"), part["quick"], part["victim_checkpoint"], rest
+
+    first = parts[0]
+    if first.get("experiment") != "budget":
+        raise TestbedError(f"merge: a {first.get('experiment')!r} result is not a budget one")
+    if any(identity(part) != identity(first) for part in parts):
+        raise TestbedError(
+            "merge: the results differ in their scale, victim or configuration (apart from "
+            "budgets and seeds): they are not pieces of one grid"
+        )
+    rows, seen = [], set()
+    for part in parts:
+        for row in part["rows"]:
+            point = (row["strategy"], row["seed"], row["queries"])
+            if point in seen:
+                raise TestbedError(f"merge: {point[0]} seed {point[1]} at {point[2]} queries "
+                                   "is in two of the results")  # fmt: skip
+            seen.add(point)
+            rows.append(row)
+    order = {name: i for i, name in enumerate(first["config"]["strategies"])}
+    rows.sort(key=lambda r: (order.get(r["strategy"], len(order)), r["seed"], r["queries"]))
+    config = {**first["config"],
+              "budgets": sorted({b for p in parts for b in p["config"]["budgets"]}),
+              "seeds": sorted({k for p in parts for k in p["config"]["seeds"]})}  # fmt: skip
+    results = assemble(rows, config, first["quick"], first["victim_checkpoint"])
+    results["seconds"] = sum(p["seconds"] for p in parts)
+    results["merged_from"] = len(parts)
+    return results
+
+
+def run(
+    out: Path, quick: bool = False, say: Callable[[str], object] = print,
+    config: BudgetConfig | None = None,
+) -> dict:  # fmt: skip
+    """Every (strategy, seed, budget); writes out/results.json, results.md, results.png."""
+    config = config or (QUICK if quick else FULL)
+    start = time.perf_counter()
+    victim_path = cached_victim(config.victim, say)
+    budgets = sorted(config.budgets)
+    rows = []
+    for strategy in config.strategies:
+        for seed in config.seeds:
+            query = QuerySpec(config.pool, config.pool_size, budgets[-1], strategy, seed,
+                              config.adaptive)  # fmt: skip
+            t = time.perf_counter()
+            db = cached_transfer_set(config.victim, PROBABILITIES, query, say)
+            say(f"  {strategy} seed {seed}: transfer set in {time.perf_counter() - t:.0f} s")
+            for budget in budgets:
+                e = knockoff_row(db, budget, replace(config.knockoff, seed=seed), config.victim)
+                rows.append({"strategy": strategy, "seed": seed, **e})
+                say(f"  {strategy} seed {seed} at {budget}: recovery {e['recovery']:.3f}")
+    results = assemble(rows, asdict(config), quick, victim_path)
+    results["seconds"] = time.perf_counter() - start
     publish(results, out)
     return results
 
@@ -164,6 +218,7 @@ def run(
 register(
     Experiment(
         name="budget",
+        merge=merge,
         description="recovery against the budget, random against adaptive, over seeds",
         run=run,
         full=FULL,

@@ -35,6 +35,8 @@ class Experiment:
     markdown: Callable[[dict], str] = report.markdown
     plot: Callable[[dict, Path], Path] = report.plot
     """How results.json becomes results.md and results.png (default: one table, one figure)."""
+    merge: Callable[[list[dict]], dict] | None = None
+    """One results dict from several runs' (a grid run in pieces); None: not mergeable."""
 
     def config(self, quick: bool) -> object:
         return self.quick if quick else self.full
