@@ -3,8 +3,9 @@
     python -m benchmarks.components --json out.json
 
 CPU time (not wall time) of the steps the HTTP figures are made of: reading a multipart body
-(Starlette's parser vs the fast path), decoding 32 PNGs, reading a v2 binary tensor, encoding
-the JSON answer (standard library vs orjson), and the model's batched forward pass. CPU time
+(Starlette's parser vs the fast path), decoding 32 PNGs (as served, and through Pillow
+alone), reading a v2 binary tensor, encoding the JSON answer (standard library vs orjson),
+and the model's batched forward pass. CPU time
 moves less than throughput on a loaded machine, which makes these the figures to compare
 changes with when the machine is shared; they still grow under heavy contention.
 """
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from attacker.client import multipart_body
 from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import v2_requests
+from shared.imaging import decode_with_pillow
 from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
 from victim_service.app import decode_all, load_blackbox
 from victim_service.multipart import boundary_of, split_images
@@ -84,6 +86,9 @@ def main(
                 lambda: split_images(body, boundary_of(content_type), 64), repeats
             ),
             "png_decode": cpu_us(lambda: decode_all(payloads, 1 << 24, 32), repeats),
+            "png_decode_pillow_only": cpu_us(
+                lambda: [decode_with_pillow(p, 1 << 24) for p in payloads], repeats
+            ),
             "v2_binary_tensor_read": cpu_us(v2_read, repeats),
             "json_encode_stdlib": cpu_us(lambda: json.dumps(answer).encode(), repeats),
             "json_encode_orjson": cpu_us(lambda: orjson.dumps(answer), repeats),

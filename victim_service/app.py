@@ -92,8 +92,9 @@ def _run_batch(blackbox: Blackbox, metrics: ServiceMetrics):
     return run
 
 
-def authenticate(request: Request) -> str:
-    """The client's accounting id, fixed by `ApiKeyMiddleware` after it checked the key."""
+async def authenticate(request: Request) -> str:
+    """The client's accounting id, fixed by `ApiKeyMiddleware` after it checked the key.
+    (Async so that FastAPI runs it on the event loop, not in a thread-pool hop per request.)"""
     return request.state.client
 
 
