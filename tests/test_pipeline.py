@@ -105,6 +105,22 @@ def test_the_traced_forward_pass_answers_as_the_eager_one(arch, size, amp):
         assert torch.allclose(a.probs, b.probs, atol=1e-6)
 
 
+def test_float32_traces_fold_batch_norm_into_the_convolutions():
+    """Freezing folds the OOD filter's batch norms away in float32 (same features, checked
+    inside `traced_features`); under bf16 autocast the trace keeps them, unfolded."""
+    from shared.models import create_model
+    from shared.tracing import traced_features
+
+    model = create_model("cnn5", num_classes=7)
+    cpu = torch.device("cpu")
+
+    def kinds(trace) -> list[str]:
+        return [node.kind() for node in trace.inlined_graph.nodes()]
+
+    assert kinds(traced_features(model, 16, cpu, amp=False)).count("aten::batch_norm") == 0
+    assert kinds(traced_features(model, 16, cpu, amp=True)).count("aten::batch_norm") == 3
+
+
 def test_a_model_the_tracer_cannot_follow_is_served_eagerly():
     from shared.models import create_model
 
