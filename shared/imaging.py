@@ -8,15 +8,18 @@ The PNGs clients send take libpng's faster path (torchvision); Pillow reads ever
 
 from __future__ import annotations
 
+import functools
+import importlib.machinery
+import importlib.util
 import io
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import decode_png
 
 ENCODE_FORMATS = ("png", "jpeg", "raw")
 """`raw` is the (H, W, 3) uint8 array's own bytes: what a binary tensor carries (KServe v2)."""
@@ -58,9 +61,42 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@functools.cache
+def _libpng_decoder() -> Callable[[bytes], np.ndarray] | None:
+    """PNG bytes -> (C, H, W) uint8 array through torchvision's libpng decoder
+    (`torch.ops.image.decode_png`), loaded from its extension library without importing
+    torchvision: that import pulls in torch._dynamo, about 4 s of CPU in every process that
+    decodes an image (each service a test starts, each CLI command). None where the library is
+    not there or does not load. Raises RuntimeError for a file libpng refuses."""
+    try:
+        import torch
+
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None or spec.origin is None:
+            return None
+        folder = Path(spec.origin).parent
+        library = next(
+            (folder / f"image{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+             if (folder / f"image{suffix}").is_file()),
+            None,
+        )  # fmt: skip
+        if library is None:
+            return None
+        torch.ops.load_library(str(library))
+        op = torch.ops.image.decode_png
+    except Exception:  # no torchvision, or a build without its image extension
+        return None
+
+    def decode(data: bytes) -> np.ndarray:
+        # mode 0: the file's own channels (RGB here); no EXIF rotation (PNGs carry none)
+        return op(torch.frombuffer(bytearray(data), dtype=torch.uint8), 0, False).numpy()
+
+    return decode
+
+
 def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """The PNGs clients send (8-bit RGB, not interlaced, no transparency) decoded by libpng
-    through torchvision, in a third of Pillow's time for a 32-px image; None for any other
+    """The PNGs clients send (8-bit RGB, not interlaced, no transparency) decoded by
+    torchvision's libpng, in a third of Pillow's time for a 32-px image; None for any other
     payload, or one that is damaged or that libpng refuses: Pillow then decodes it or refuses
     it with the reason. (Compressed data damaged on purpose behind correct CRCs still reaches
     libpng, which then prints one line on stderr before Pillow refuses the image.)
@@ -74,13 +110,16 @@ def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
         return None
     if not _chunks_intact(data):
         return None
+    decode_png = _libpng_decoder()
+    if decode_png is None:
+        return None
     try:
-        pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        pixels = decode_png(data)
     except RuntimeError:
         return None
-    if tuple(pixels.shape) != (3, height, width):
+    if pixels.shape != (3, height, width):
         return None
-    return np.ascontiguousarray(pixels.numpy().transpose(1, 2, 0))
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
 def _chunks_intact(data: bytes) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +120,16 @@ def test_oversized_png_is_refused_from_its_header_before_decoding():
     assert _decode_plain_png(data, 16_000_000) is None
     with pytest.raises(ImageTooLargeError):
         decode_image(data, max_pixels=16_000_000)
+
+
+def test_the_fast_path_does_not_import_torchvision():
+    """Importing torchvision pulls in torch._dynamo (about 4 s per process): the decoder is
+    loaded from torchvision's extension library alone, in every process that decodes."""
+    script = (
+        "import sys, numpy as np\n"
+        "from shared.imaging import _decode_plain_png, encode_image\n"
+        "image = np.zeros((8, 8, 3), np.uint8)\n"
+        "assert _decode_plain_png(encode_image(image), 64) is not None\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parents[1])
