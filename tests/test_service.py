@@ -258,9 +258,13 @@ def test_metrics_count_requests_images_latency_and_errors(service, digits_test):
     before_images = _metric(service, "victim_images_total")
     before_latency = _metric(service, "victim_request_latency_seconds_count")
     before_corrupt = _metric(service, 'victim_errors_total{kind="empty_image"}')
+    before_batches = _metric(service, "victim_batch_images_count")
+    before_batched = _metric(service, "victim_batch_images_sum")
     httpx.post(f"{service}/v1/predict", files=_files([_png(digits_test, 0)] * 3))
     httpx.post(f"{service}/v1/predict", files=_files([b""]))
     assert _metric(service, "victim_images_total") == before_images + 3
+    assert _metric(service, "victim_batch_images_count") == before_batches + 1  # one pass
+    assert _metric(service, "victim_batch_images_sum") == before_batched + 3  # of 3 images
     assert _metric(service, "victim_request_latency_seconds_count") == before_latency + 1
     assert _metric(service, 'victim_errors_total{kind="empty_image"}') == before_corrupt + 1
     assert _metric(service, 'victim_requests_total{status="400"}') >= 1

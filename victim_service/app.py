@@ -82,6 +82,7 @@ def model_threads(settings: VictimSettings, device: torch.device) -> int:
 
 def _run_batch(blackbox: Blackbox, metrics: ServiceMetrics):
     def run(images: np.ndarray, clients: list[str]) -> list[tuple[dict, bool]]:
+        metrics.batch_images.observe(len(images))
         batch = blackbox.answer(images, clients)
         for name, mask in batch.flags.items():
             if (flagged := int(mask.sum())) > 0:

@@ -43,6 +43,12 @@ class ServiceMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.batch_images = Histogram(
+            "victim_batch_images",
+            "Images per forward pass: how well the micro-batcher fills the model's batches",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "victim_requests_in_flight",
             "Prediction requests received and not yet answered",
