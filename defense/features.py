@@ -170,6 +170,7 @@ def _trained_backbone(
     side = side or x_in.shape[1]
     if side != x_in.shape[1]:
         x = torch.cat([_scaled(x[s : s + 4096], side) for s in range(0, len(x), 4096)])
+    torch.manual_seed(settings["seed"])  # the initial weights too, as the victim's
     model = create_model(arch, int(y.max()) + 1)
     config = TrainConfig(**settings, pad=max(1, side // 8), flip=True, description=description)
     fit(model, x, y, loss_fn, config, device)

@@ -231,3 +231,20 @@ def test_the_served_filter_traces_its_backbone_and_scores_as_fitted(trained):
     x = torch.from_numpy(np.random.default_rng(0).random((21, 3, 32, 32), np.float32))
     assert np.allclose(traced.score_images(x), eager.score_images(x), rtol=0, atol=1e-5)
     assert OODFilterStep(traced).stateful is False  # the service may run it in every thread
+
+
+def test_defender_backbone_is_a_function_of_its_seed():
+    """Like the victim's: the initial weights come from the seed, not the process's history."""
+    from defense.features import defender_backbone
+
+    rng = np.random.default_rng(0)
+    x_in, x_out = (rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    y_in, y_out = rng.integers(0, 3, 40), rng.integers(0, 2, 40)
+    states = []
+    for run in range(2):
+        torch.rand(run * 5 + 1)  # the process draws differently before each training
+        backbone = defender_backbone(
+            "cnn5", x_in, y_in, x_out, y_out, epochs=1, batch_size=16, progress=False
+        )
+        states.append(backbone.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

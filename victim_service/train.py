@@ -70,6 +70,7 @@ def train_victim(
     n_val = max(1, int(len(order) * val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
     mean, std = dataset_stats(x_all[train_idx])
+    torch.manual_seed(seed)  # the initial weights too: not whatever the process drew before
     model = create_model(
         arch, len(train_set.classes), weights=weights,
         mean=None if weights else mean, std=None if weights else std,
