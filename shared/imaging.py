@@ -95,20 +95,19 @@ def _libpng_decoder() -> Callable[[bytes], np.ndarray] | None:
 
 
 def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """The PNGs clients send (8-bit RGB, not interlaced, no transparency) decoded by
-    torchvision's libpng, in a third of Pillow's time for a 32-px image; None for any other
-    payload, or one that is damaged or that libpng refuses: Pillow then decodes it or refuses
-    it with the reason. (Compressed data damaged on purpose behind correct CRCs still reaches
-    libpng, which then prints one line on stderr before Pillow refuses the image.)
+    """The PNGs clients send (8-bit RGB, not interlaced, no chunk but IHDR, IDAT and IEND)
+    decoded by torchvision's libpng, in a third of Pillow's time for a 32-px image; None for
+    any other payload, or one that is damaged or that libpng refuses: Pillow then decodes it or
+    refuses it with the reason. (Compressed data damaged on purpose behind correct CRCs still
+    reaches libpng, which then prints one line on stderr before Pillow refuses the image.)
 
-    Those PNGs decode to the same pixels either way (neither library applies gamma or colour
-    profiles); tests/test_imaging.py compares the two."""
+    Those PNGs decode to the same pixels either way; tests/test_imaging.py compares the two."""
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    if (depth, colour, interlace) != (8, 2, 0) or width * height > max_pixels or b"tRNS" in data:
+    if (depth, colour, interlace) != (8, 2, 0) or width * height > max_pixels:
         return None
-    if not _chunks_intact(data):
+    if not _plain_chunks(data):
         return None
     decode_png = _libpng_decoder()
     if decode_png is None:
@@ -122,18 +121,24 @@ def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
     return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
-def _chunks_intact(data: bytes) -> bool:
-    """Every chunk whole with its CRC right, up to IEND: a damaged file goes to Pillow, which
-    refuses it quietly, instead of to libpng, which prints its complaint on stderr."""
+_PLAIN_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
+
+
+def _plain_chunks(data: bytes) -> bool:
+    """Only IHDR, IDAT and IEND, each whole with its CRC right: what encoders write by default.
+    Anything else goes to Pillow, which decodes or refuses it quietly, where libpng would print
+    on stderr (a damaged file, a colour profile it finds too short or a known-incorrect sRGB
+    one: strangers' files must not write the service's logs)."""
     view, position = memoryview(data), 8
     while position + 12 <= len(data):
         length = int.from_bytes(view[position : position + 4], "big")
         end = position + 12 + length
-        if end > len(data):
+        kind = bytes(view[position + 4 : position + 8])
+        if end > len(data) or kind not in _PLAIN_CHUNKS:
             return False
         if zlib.crc32(view[position + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
             return False
-        if view[position + 4 : position + 8] == b"IEND":
+        if kind == b"IEND":
             return True
         position = end
     return False
