@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,18 @@ from shared.device import resolve_device
 from shared.errors import TestbedError
 from shared.models import Classifier, create_model
 from shared.training import TrainConfig, dataset_stats, fit
+
+
+def content_order(transfer: TransferSet) -> np.ndarray:
+    """The rows sorted by their content (the image's pixels and the answer's target), so that a
+    knockoff depends on the set of answers it is given, not on the order they were asked in:
+    two strategies that sent the same images (the whole pool, in another order) train the same
+    knockoff for a seed, and their difference is the strategies', not the split's."""
+    images = transfer.images.numpy()
+    targets = transfer.targets.numpy()
+    keys = [hashlib.sha256(images[i].tobytes() + targets[i].tobytes()).digest()
+            for i in range(len(images))]  # fmt: skip
+    return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
 
 
 def balance_indices(labels: np.ndarray, seed: int = 0, per_class: int | None = None) -> np.ndarray:
@@ -79,13 +92,16 @@ def epochs_for(n_train: int, options: KnockoffOptions) -> int:
 def train_knockoff(
     transfer: TransferSet, options: KnockoffOptions, out: Path | None = None
 ) -> tuple[Classifier, KnockoffResult]:
-    """A fresh model trained on the whole given transfer set (split into train and validation)."""
+    """A fresh model trained on the whole given transfer set (split into train and validation).
+
+    The split and the batches are drawn over the rows in `content_order`, seeded: the same
+    answers in any order give the same knockoff."""
     n = len(transfer.images)
     if n < 10:
         raise TestbedError(f"a transfer set of {n} answers is too small to train on")
     device = resolve_device(options.device)
     rng = np.random.default_rng(options.seed)
-    order = rng.permutation(n)
+    order = content_order(transfer)[rng.permutation(n)]
     n_val = max(1, int(n * options.val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
     labels = transfer.labels.numpy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,25 @@ def load_transfer_set(
     targets = torch.from_numpy(np.stack([np.stack(a.target()) for a in answers]).astype(np.float32))
     labels = torch.tensor([a.label for a in answers], dtype=torch.long)
     return TransferSet(to_tensor(images), targets, labels, mode, num_classes, size, info)
+
+
+def answers_digest(db: str | Path, run_id: int | None = None, budget: int | None = None) -> str:
+    """A content hash of a run's first `budget` answers taken as a set: each image as sent (its
+    stored sha256) with its answer, and the run's output mode, outputs and input size. The order
+    they were asked in is left out, as `attacker.train.content_order` leaves it out of the
+    knockoff: the same answers, however they were gathered, name the same knockoff."""
+    sessions = open_store(Path(db))
+    with sessions() as session:
+        run = load_run(session, run_id)
+        rows = sorted(
+            f"{q.sha256}:{json.dumps(q.answer, sort_keys=True)}"
+            for q in iter_queries(session, run.id, budget)
+        )
+        head = json.dumps([run.output_mode, run.num_outputs, run.input_size])
+    digest = hashlib.sha256(head.encode())
+    for row in rows:
+        digest.update(row.encode() + b"\n")
+    return digest.hexdigest()[:24]
 
 
 def run_mode(run: Run, first: dict) -> str:

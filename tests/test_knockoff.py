@@ -129,6 +129,54 @@ def test_each_budget_trains_a_fresh_model(transfer_db, tmp_path):
     assert load_transfer_set(transfer_db, budget=60).images.shape == (60, 3, 32, 32)
 
 
+def test_the_same_answers_in_another_order_train_the_same_knockoff(transfer_db):
+    """Two strategies that sent the same images (the whole pool) must differ by what they
+    asked, not by which rows the seeded split and batches happened to pick."""
+    from dataclasses import replace
+
+    asked = load_transfer_set(transfer_db, budget=120)
+    shuffle = torch.from_numpy(np.random.default_rng(5).permutation(120))
+    reordered = replace(asked, images=asked.images[shuffle], targets=asked.targets[shuffle],
+                        labels=asked.labels[shuffle])  # fmt: skip
+    options = KnockoffOptions(arch="cnn5", epochs=2, batch_size=32, progress=False, amp=False)
+    first, a = train_knockoff(asked, options)
+    second, b = train_knockoff(reordered, options)
+    assert a.val_agreement == b.val_agreement and a.class_counts == b.class_counts
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+    other, _ = train_knockoff(asked, replace(options, seed=1))  # the seed still draws the split
+    assert any(not torch.equal(t, other.state_dict()[n]) for n, t in first.state_dict().items())
+
+
+def test_the_answers_digest_names_the_set_of_answers_not_their_order(transfer_db, tmp_path):
+    from attacker.transfer import answers_digest
+
+    def copy(name: str, reorder, change_first: bool = False):
+        db = tmp_path / name
+        source, target = open_store(transfer_db), open_store(db)
+        with source() as s, target() as t:
+            run = s.query(Run).first()
+            rows = s.query(Query).order_by(Query.position).all()
+            new_run = Run(**{c.name: getattr(run, c.name) for c in Run.__table__.columns
+                             if c.name not in ("id",)})  # fmt: skip
+            t.add(new_run)
+            t.flush()
+            for position, q in enumerate(reorder(rows)):
+                answer = dict(q.answer)
+                if change_first and position == 0:
+                    answer = {**answer, "label": (q.label + 1) % 10}
+                t.add(Query(run_id=new_run.id, position=position, pool_index=q.pool_index,
+                            reference=q.reference, sha256=q.sha256, answer=answer,
+                            label=q.label, latency_ms=0.0))  # fmt: skip
+            t.commit()
+        return db
+
+    same = answers_digest(transfer_db)
+    assert answers_digest(copy("reversed.sqlite", lambda r: r[::-1])) == same
+    assert answers_digest(copy("changed.sqlite", lambda r: r, change_first=True)) != same
+    assert answers_digest(transfer_db, budget=60) != same  # a prefix is another set
+
+
 def test_min_steps_adds_epochs_to_small_transfer_sets_only(transfer_db, tmp_path):
     from attacker.train import epochs_for
 

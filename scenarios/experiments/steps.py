@@ -19,7 +19,7 @@ from attacker.evaluate import evaluate
 from attacker.query import QueryConfig, run_query
 from attacker.strategies import AdaptiveConfig
 from attacker.train import KnockoffOptions, train_knockoff
-from attacker.transfer import load_transfer_set
+from attacker.transfer import answers_digest, load_transfer_set
 from scenarios.experiments.cache import cached_path, config_hash, making
 from victim_service.launch import service_process
 from victim_service.recipes import recipe_for
@@ -149,8 +149,11 @@ def knockoff_row(
 ) -> dict:
     """A fresh knockoff on the first `budget` answers of `db`, evaluated against the victim on
     the test split of `test_data` (default: the victim's dataset; both cached): knockoff and
-    victim accuracy, recovery, agreement, seconds."""
-    spec = {"transfer": db.stem, "budget": budget, "hard_labels": hard_labels,
+    victim accuracy, recovery, agreement, seconds. The knockoff is cached by the answers it
+    trains on (`answers_digest`), not by the run that asked them: two strategies that sent the
+    same images (the whole pool) share one knockoff, as `train_knockoff` makes them equal."""
+    spec = {"answers": answers_digest(db, budget=budget), "budget": budget,
+            "victim": config_hash(asdict(victim)), "hard_labels": hard_labels,
             "options": asdict(replace(options, progress=False))}  # fmt: skip
     knockoff = cached_path("knockoffs", spec, ".pt")
     scores = knockoff.with_suffix(".eval.json")
