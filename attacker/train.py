@@ -21,14 +21,17 @@ from shared.training import TrainConfig, dataset_stats, fit
 
 
 def content_order(transfer: TransferSet) -> np.ndarray:
-    """The rows sorted by their content (the image's pixels and the answer's target), so that a
-    knockoff depends on the set of answers it is given, not on the order they were asked in:
-    two strategies that sent the same images (the whole pool, in another order) train the same
-    knockoff for a seed, and their difference is the strategies', not the split's."""
+    """The rows sorted by content: by the image's pixels, then (for the same image asked twice)
+    by its target. A knockoff then depends on the set of answers it is given, not on the order
+    they were asked in: two strategies that sent the same images (the whole pool, in another
+    order) get the same split and batches for a seed, even where the victim's answers differ in
+    the last float bits (its batches were composed differently)."""
     images = transfer.images.numpy()
     targets = transfer.targets.numpy()
-    keys = [hashlib.sha256(images[i].tobytes() + targets[i].tobytes()).digest()
-            for i in range(len(images))]  # fmt: skip
+    keys = [
+        (hashlib.sha256(images[i].tobytes()).digest(), targets[i].tobytes())
+        for i in range(len(images))
+    ]
     return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
 
 

@@ -83,7 +83,9 @@ def answers_digest(db: str | Path, run_id: int | None = None, budget: int | None
     """A content hash of a run's first `budget` answers taken as a set: each image as sent (its
     stored sha256) with its answer, and the run's output mode, outputs and input size. The order
     they were asked in is left out, as `attacker.train.content_order` leaves it out of the
-    knockoff: the same answers, however they were gathered, name the same knockoff."""
+    knockoff: the same answers, however they were gathered, name the same knockoff. (Answers
+    that differ only in the last float bits, as the same victim's can from one batch to
+    another, are other answers here: nothing is rounded.)"""
     sessions = open_store(Path(db))
     with sessions() as session:
         run = load_run(session, run_id)

@@ -148,6 +148,22 @@ def test_the_same_answers_in_another_order_train_the_same_knockoff(transfer_db):
     assert any(not torch.equal(t, other.state_dict()[n]) for n, t in first.state_dict().items())
 
 
+def test_content_order_follows_the_images_not_the_last_bits_of_the_answers(transfer_db):
+    """The victim's answers for the same image move in the last float bits with the batch it
+    was answered in, so the order must come from the images."""
+    from dataclasses import replace
+
+    from attacker.train import content_order
+
+    asked = load_transfer_set(transfer_db, budget=120)
+    shuffle = torch.from_numpy(np.random.default_rng(3).permutation(120))
+    noisy = asked.targets[shuffle] + 1e-7 * torch.rand_like(asked.targets[shuffle])
+    reordered = replace(asked, images=asked.images[shuffle], targets=noisy)
+    first = asked.images[torch.from_numpy(content_order(asked))]
+    second = reordered.images[torch.from_numpy(content_order(reordered))]
+    assert torch.equal(first, second)
+
+
 def test_the_answers_digest_names_the_set_of_answers_not_their_order(transfer_db, tmp_path):
     from attacker.transfer import answers_digest
 

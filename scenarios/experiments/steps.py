@@ -150,8 +150,8 @@ def knockoff_row(
     """A fresh knockoff on the first `budget` answers of `db`, evaluated against the victim on
     the test split of `test_data` (default: the victim's dataset; both cached): knockoff and
     victim accuracy, recovery, agreement, seconds. The knockoff is cached by the answers it
-    trains on (`answers_digest`), not by the run that asked them: two strategies that sent the
-    same images (the whole pool) share one knockoff, as `train_knockoff` makes them equal."""
+    trains on (`answers_digest`), not by the run that asked them: runs that obtained exactly
+    the same answers share one knockoff, as `train_knockoff` makes them equal."""
     spec = {"answers": answers_digest(db, budget=budget), "budget": budget,
             "victim": config_hash(asdict(victim)), "hard_labels": hard_labels,
             "options": asdict(replace(options, progress=False))}  # fmt: skip
