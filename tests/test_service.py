@@ -281,7 +281,9 @@ def test_concurrent_requests_get_their_own_rows(victim_checkpoint, digits_test, 
                               batch_max_wait_ms=wait_ms)  # fmt: skip
 
     async def send_all(url: str) -> list[dict]:
-        async with httpx.AsyncClient(base_url=url) as client:
+        # rows, not latency, are checked: 24 requests on a fresh service's first forward passes
+        # took over httpx's default 5 s once on a slow 2-core CPU (CI, 2026-12-03)
+        async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
             responses = await asyncio.gather(
                 *(client.post("/v1/predict", files=_files([encode_image(im)])) for im in images)
             )
