@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 
 _BOUNDARY = re.compile(rb'boundary="?([0-9A-Za-z\'()+_,\-./:=?]{1,70})"?\s*$')
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 _DISPOSITION = re.compile(rb'^form-data; name="images"; filename="[^"\r\n]*"$')
 
 
@@ -42,9 +44,13 @@ def split_images(body: bytes, boundary: bytes, max_parts: int) -> list[tuple[str
         content_type, disposition = "application/octet-stream", None
         for line in head.split(b"\r\n"):
             name, colon, value = line.partition(b":")
-            if not colon:
+            value = value[1:] if value.startswith(b" ") else value
+            # only the plain form `Name: value` in printable ASCII: other whitespace or control
+            # bytes are left to Starlette, which keeps a tab in the value and refuses a NUL or a
+            # bare CR (hypothesis found both)
+            if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
                 return None
-            name, value = name.strip().lower(), value.strip()
+            name = name.lower()
             if name == b"content-disposition" and disposition is None:
                 disposition = value
             elif name == b"content-type":
