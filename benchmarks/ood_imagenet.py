@@ -147,13 +147,18 @@ def main(
     evaluate: Annotated[int, typer.Option(help="test images per side and transform")] = 2_000,
     seed: int = 0,
 ) -> None:
-    from defense.ood import encoded, fit_logistic, native_arrays, threshold_for_tnr
+    from defense.ood import (
+        encoded,
+        fit_logistic,
+        logistic_scores,
+        native_arrays,
+        threshold_for_tnr,
+    )
     from defense.ood_eval import detection_metrics, in_jpeg_quality, subsample, worst_case
     from shared.datasets import load_dataset
     from shared.transforms import parse_transform
 
     start = time.perf_counter()
-    torch.manual_seed(seed)
     model = load_lite0(weights)
     in_train = load_dataset("cifar10-jpeg", "train", image_size=32, seed=seed)
     out_train = load_dataset("tiny-imagenet-defender", "train", image_size=32, seed=seed)
@@ -172,8 +177,7 @@ def main(
                                                       folds=3, seed=seed)  # fmt: skip
 
     def score(features: np.ndarray) -> np.ndarray:
-        z = ((features - mean) / scale) @ coef + intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        return logistic_scores(features, mean, scale, coef, intercept)
 
     threshold = threshold_for_tnr(score(embed(model, enc_in[pick_in[fit:]], side)), 0.95)
     benign = load_dataset("cifar10-jpeg", "test", image_size=32, seed=seed)

@@ -40,6 +40,19 @@ from shared.transforms import dataset_jpeg_quality, random_encodings
 FORMAT = "ood-filter/1"
 
 
+def logistic_scores(
+    features: torch.Tensor | np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    coef: np.ndarray,
+    intercept: float,
+) -> np.ndarray:
+    """P(out) of a standardized logistic regression (`fit_logistic`'s output) for each row."""
+    f = np.asarray(features, dtype=np.float64)
+    z = ((f - mean) / scale) @ coef + intercept
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
 @dataclass
 class OODFilter:
     """Backbone + standardization + logistic regression; score = P(out of distribution)."""
@@ -58,9 +71,7 @@ class OODFilter:
 
     def score_features(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
         """P(out) for each row of backbone features."""
-        f = np.asarray(features, dtype=np.float64)
-        z = ((f - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        return logistic_scores(features, self.mean, self.scale, self.coef, self.intercept)
 
     def score_images(self, x: torch.Tensor) -> np.ndarray:
         """P(out) for a float [0, 1] batch (B, 3, H, W) at any size."""
