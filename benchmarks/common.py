@@ -16,13 +16,15 @@ from shared.imaging import encode_image
 from shared.models import create_model
 
 
-def throwaway_victim(path: Path, arch: str = "cnn9", num_classes: int = 10, seed: int = 0) -> Path:
-    """A randomly initialised 32x32 victim: throughput does not depend on training."""
+def throwaway_victim(
+    path: Path, arch: str = "cnn9", num_classes: int = 10, seed: int = 0, side: int = 32
+) -> Path:
+    """A randomly initialised side x side victim: throughput does not depend on training."""
     torch.manual_seed(seed)
     model = create_model(arch, num_classes)
     card = ModelCard(
         arch=arch, num_classes=num_classes, classes=[str(i) for i in range(num_classes)],
-        input_size=32, mean=[0.5] * 3, std=[0.25] * 3, dataset="none", seed=seed,
+        input_size=side, mean=[0.5] * 3, std=[0.25] * 3, dataset="none", seed=seed,
     )  # fmt: skip
     return save_checkpoint(path, model, card)
 

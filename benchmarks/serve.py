@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
+import torch
 import typer
 
 from benchmarks.common import (
@@ -45,6 +46,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
+from shared.device import bf16_supported
 from shared.pipeline import Blackbox
 from victim_service.app import load_blackbox, model_threads
 from victim_service.launch import service_process
@@ -76,7 +78,7 @@ def inprocess_capacity(
 ) -> dict:
     """Images/s of the pipeline's batched forward pass (the machine's limit for this model),
     run by `threads` threads at once: the same parallelism as the service's model threads."""
-    images = sample_images(batch)
+    images = sample_images(batch, box.input_size)
     box.answer(images)
     done = [0] * threads
     cpu0, start = self_cpu_s(), time.perf_counter()
@@ -129,10 +131,12 @@ def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
     seconds: float = 3.0,
     repeats: int = 5,
+    arch: Annotated[str, typer.Option(help="The victim's architecture")] = "cnn9",
+    side: Annotated[int, typer.Option(help="Its input side in pixels (the images sent)")] = 32,
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = throwaway_victim(Path(tmp) / "victim.pt")
-        payloads, images = sample_payloads(512), sample_images(512)
+        checkpoint = throwaway_victim(Path(tmp) / "victim.pt", arch, side=side)
+        payloads, images = sample_payloads(512, side), sample_images(512, side)
         # the service's own loading (channels-last weights, bf16 autocast where supported)
         box = load_blackbox(VictimSettings(checkpoint=checkpoint))
         # the service's parallelism: as many model threads, the same intra-op threads each
@@ -194,7 +198,10 @@ def main(
         name: {key: _median(values, key) for key in values[0]} for name, values in samples.items()
     }
     results = {
-        "model": "cnn9 (32x32, 10 classes, random init)",
+        "model": f"{arch} ({side}x{side}, 10 classes, random init)",
+        "device": str(box.device),
+        "gpu": torch.cuda.get_device_name(box.device) if box.device.type == "cuda" else None,
+        "bf16": bf16_supported(box.device),
         "seconds_per_point": seconds,
         "repeats": repeats,
         "inprocess_images_per_s": _median(inproc, "images_per_s"),

@@ -57,6 +57,9 @@ def demo(
 def run(
     name: str = typer.Argument(..., help="Experiment name (see `scenarios experiments`)"),
     quick: bool = typer.Option(False, help="Embedded data and a small budget: minutes on a CPU"),
+    scale: str | None = typer.Option(
+        None, help="default | quick | papers (ResNet-34 at 64 px: a GPU's work) [default: default]"
+    ),
     out: Path | None = typer.Option(None, help="Results folder [default: results/<name>]"),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a configuration field: budgets=1000,5000 knockoff.epochs=10"
@@ -66,10 +69,14 @@ def run(
     from scenarios.experiments.overrides import apply_overrides
     from scenarios.experiments.registry import default_out, get
 
+    if quick and scale not in (None, "quick"):
+        raise TestbedError(f"--quick and --scale {scale} disagree; give one of them")
+    scale = "quick" if quick else (scale or "default")
     experiment = get(name)
-    folder = out or default_out(name)
-    config = apply_overrides(experiment.config(quick), set_) if set_ else None
-    results = experiment.run(folder, quick=quick, say=typer.echo, config=config)
+    folder = out or default_out(name if scale != "papers" else f"{name}-papers")
+    config = experiment.config_at(scale)
+    config = apply_overrides(config, set_) if set_ else config
+    results = experiment.run(folder, quick=scale == "quick", say=typer.echo, config=config)
     typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
 
 

@@ -118,7 +118,9 @@ def fit(
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=generator)
-        total_loss, seen = 0.0, 0
+        # summed on the device and read once an epoch: a read every step would make the CPU
+        # wait for the GPU's step before it may queue the next one
+        total_loss, seen = torch.zeros((), device=device), 0
         for s in range(steps_per_epoch):
             idx = order[s * config.batch_size : (s + 1) * config.batch_size]
             if len(idx) < 2:
@@ -134,9 +136,9 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(idx)
+            total_loss += loss.detach() * len(idx)
             seen += len(idx)
-        record = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1)}
+        record = {"epoch": epoch + 1, "train_loss": float(total_loss) / max(seen, 1)}
         if x_val is not None and val_labels is not None and len(x_val):
             acc = accuracy(model, x_val, val_labels, device, amp=config.amp)
             record["val_accuracy"] = acc

@@ -65,6 +65,20 @@ def test_merge_joins_pieces_of_the_grid_into_the_results_one_run_would_write(tmp
     assert "| random | 20000 | 1 |" in (out / "results.md").read_text()
 
 
+def test_merge_joins_strategies_run_apart():
+    """The GPU run asks each (strategy, seed) in its own process: the pieces differ in their
+    strategies too, and join in the experiment's order of strategies."""
+    adaptive, random = _piece([1000], [0], 0.5), _piece([1000], [0], 0.4)
+    adaptive["rows"] = [r for r in adaptive["rows"] if r["strategy"] == "adaptive"]
+    adaptive["config"]["strategies"] = ["adaptive"]
+    random["rows"] = [r for r in random["rows"] if r["strategy"] == "random"]
+    random["config"]["strategies"] = ["random"]
+    merged = budget.merge([adaptive, random])
+    assert merged["config"]["strategies"] == ["random", "adaptive"]
+    assert [r["strategy"] for r in merged["rows"]] == ["random", "adaptive"]
+    assert merged["verdict"]["adaptive_minus_random"]["1000"] == pytest.approx(0.1)
+
+
 def test_merge_refuses_pieces_of_different_grids_and_points_measured_twice(tmp_path: Path):
     base = _piece([1000], [0], 0.4)
     with pytest.raises(TestbedError, match="in two of the results"):

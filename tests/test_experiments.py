@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from scenarios.cli import app
@@ -23,6 +24,27 @@ def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):
     result = CliRunner().invoke(app, ["run", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_papers_scale_is_a_resnet34_at_64_px_and_unknown_scales_are_one_line_errors(tmp_path):
+    from scenarios.experiments.registry import get
+
+    for name in ("granularity", "budget"):
+        config = get(name).config_at("papers")
+        assert (config.victim.arch, config.victim.input_size) == ("resnet34", 64)
+        assert config.victim.dataset == "cifar10-jpeg" and config.knockoff.arch == "resnet34"
+        assert get(name).config_at("default").victim.input_size == 32
+    result = CliRunner().invoke(app, ["run", "hard-labels", "--scale", "papers"])
+    assert result.exit_code == 2 and "unknown scale of hard-labels 'papers'" in result.output
+    result = CliRunner().invoke(app, ["run", "budget", "--quick", "--scale", "papers"])
+    assert result.exit_code != 0 and "disagree" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_victim_is_trained_at_its_spec_input_size(quick_experiments):
+    spec = steps.VictimSpec.of("digits", epochs=1, input_size=16)
+    card = torch.load(steps.cached_victim(spec), weights_only=True)["card"]
+    assert card["input_size"] == 16 and card["arch"] == "cnn5"
 
 
 @pytest.mark.timeout(1800)

@@ -59,6 +59,8 @@ QUICK = BudgetConfig(
     knockoff=scale.quick_knockoff(),
 )
 """Embedded data only (digits victim, natural pool): two seeds, three budgets."""
+PAPERS = BudgetConfig(victim=scale.PAPERS_VICTIM, knockoff=scale.papers_knockoff())
+"""The same grid with a ResNet-34 victim and knockoff at 64 px (a GPU's work)."""
 
 
 def summarize(rows: list[dict], value: str = "recovery") -> list[dict]:
@@ -151,13 +153,14 @@ def merge(parts: list[dict]) -> dict:
     """One results.json from runs of the same experiment on different budgets or seeds (the
     grid run in pieces): a knockoff at budget b trains on the first b answers of a run, which
     is what a run of any larger budget asks first, so the pieces' rows are the full grid's.
-    Refuses pieces whose victim, scale or configuration (apart from budgets and seeds) differ,
-    and points measured twice."""
+    Refuses pieces whose victim, scale or configuration (apart from budgets, seeds and
+    strategies) differ, and points measured twice."""
     if not parts:
         raise TestbedError("merge: no results to merge")
 
     def identity(part: dict) -> tuple:
-        rest = {k: v for k, v in part["config"].items() if k not in ("budgets", "seeds")}
+        grid = ("budgets", "seeds", "strategies")
+        rest = {k: v for k, v in part["config"].items() if k not in grid}
         return part.get("experiment"), part["quick"], part["victim_checkpoint"], rest
 
     first = parts[0]
@@ -166,7 +169,7 @@ def merge(parts: list[dict]) -> dict:
     if any(identity(part) != identity(first) for part in parts):
         raise TestbedError(
             "merge: the results differ in their scale, victim or configuration (apart from "
-            "budgets and seeds): they are not pieces of one grid"
+            "budgets, seeds and strategies): they are not pieces of one grid"
         )
     rows, seen = [], set()
     for part in parts:
@@ -177,9 +180,11 @@ def merge(parts: list[dict]) -> dict:
                                    "is in two of the results")  # fmt: skip
             seen.add(point)
             rows.append(row)
-    order = {name: i for i, name in enumerate(first["config"]["strategies"])}
-    rows.sort(key=lambda r: (order.get(r["strategy"], len(order)), r["seed"], r["queries"]))
-    config = {**first["config"],
+    strategies = [s for s in FULL.strategies if any(s in p["config"]["strategies"] for p in parts)]
+    strategies += sorted({s for p in parts for s in p["config"]["strategies"]} - set(strategies))
+    order = {name: i for i, name in enumerate(strategies)}
+    rows.sort(key=lambda r: (order[r["strategy"]], r["seed"], r["queries"]))
+    config = {**first["config"], "strategies": strategies,
               "budgets": sorted({b for p in parts for b in p["config"]["budgets"]}),
               "seeds": sorted({k for p in parts for k in p["config"]["seeds"]})}  # fmt: skip
     results = assemble(rows, config, first["quick"], first["victim_checkpoint"])
@@ -223,5 +228,6 @@ register(
         run=run,
         full=FULL,
         quick=QUICK,
+        papers=PAPERS,
     )
 )

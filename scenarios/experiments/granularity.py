@@ -69,6 +69,12 @@ QUICK = GranularityConfig(
     knockoff=scale.quick_knockoff(),
 )
 """Embedded data only (digits victim, natural pool), about a minute per setting on 2 cores."""
+PAPERS = GranularityConfig(
+    victim=scale.PAPERS_VICTIM,
+    query=QuerySpec(scale.POOL, None, 10_000),
+    knockoff=scale.papers_knockoff(),
+)
+"""ResNet-34 victim and knockoff at 64 px, 10,000 queries per setting (a GPU's work)."""
 
 
 def run(
@@ -111,5 +117,6 @@ register(
         run=run,
         full=FULL,
         quick=QUICK,
+        papers=PAPERS,
     )
 )

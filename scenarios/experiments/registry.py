@@ -32,6 +32,8 @@ class Experiment:
     full: object = None
     quick: object = None
     """The default-scale and quick configurations (frozen dataclasses), for overrides."""
+    papers: object = None
+    """The papers' scale (scale.PAPERS_VICTIM, a GPU's work), where the experiment has one."""
     markdown: Callable[[dict], str] = report.markdown
     plot: Callable[[dict, Path], Path] = report.plot
     """How results.json becomes results.md and results.png (default: one table, one figure)."""
@@ -40,6 +42,14 @@ class Experiment:
 
     def config(self, quick: bool) -> object:
         return self.quick if quick else self.full
+
+    def config_at(self, scale: str) -> object:
+        """The configuration of a named scale: default, quick or papers."""
+        configs = {"default": self.full, "quick": self.quick, "papers": self.papers}
+        if configs.get(scale) is None:
+            known = sorted(k for k, v in configs.items() if v is not None)
+            raise UnknownNameError(f"scale of {self.name}", scale, known)
+        return configs[scale]
 
     def render(self, results_json: Path) -> tuple[Path, Path]:
         """results.md and results.png again from results.json alone."""

@@ -1,9 +1,12 @@
-"""The two scales every experiment runs at, in one home.
+"""The scales the experiments run at, in one home.
 
 Default: the CIFAR-10 victim (`cifar10-jpeg`, its recipe in victim_service/recipes.py), the
 attacker's half of Tiny-ImageNet as the query pool, the defender's half as the defender's data,
 and the realistic demo's knockoff. Quick: the embedded data only (digits victim, the seeded
-`natural` pool), small enough for a test on 2 CPU cores.
+`natural` pool), small enough for a test on 2 CPU cores. Papers (a GPU's scale, `--scale
+papers`, for the experiments that define one): the same data at 64 px with a ResNet-34 victim
+and knockoff, as in Knockoff Nets and Atli et al.; both start from scratch, since no ImageNet
+weights for ResNet-34 can be had here (the papers' knockoffs start from ImageNet's).
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ VICTIM = VictimSpec.of("cifar10-jpeg")
 POOL = "tiny-imagenet-attacker"
 DEFENDER_DATA = "tiny-imagenet-defender"
 
+PAPERS_VICTIM = VictimSpec.of(
+    "cifar10-jpeg", arch="resnet34", input_size=64, epochs=24, batch_size=256, lr=0.2
+)
+"""CIFAR-10 upsampled to 64 px (the archive's images are 32 px), a torchvision ResNet-34 from
+scratch."""
 QUICK_VICTIM = VictimSpec.of("digits", epochs=8)
 """The test suite's victim fixture's recipe (cnn5, 8 epochs), so tests can seed the cache."""
 QUICK_POOL = "natural"
@@ -59,6 +67,15 @@ def knockoff() -> KnockoffOptions:
         min_steps=KNOCKOFF_MIN_STEPS,
         progress=False,
     )
+
+
+def papers_knockoff() -> KnockoffOptions:
+    """A ResNet-34 knockoff from scratch at the victim's 64 px: batches of 128 at rate 0.1 (the
+    default recipe's rate per image), translations of up to 4 px, the same minimum steps."""
+    return KnockoffOptions(
+        arch="resnet34", epochs=20, batch_size=128, lr=0.1, pad=4,
+        min_steps=KNOCKOFF_MIN_STEPS, progress=False,
+    )  # fmt: skip
 
 
 def quick_knockoff() -> KnockoffOptions:

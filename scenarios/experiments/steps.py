@@ -40,12 +40,14 @@ class VictimSpec:
     batch_size: int
     lr: float
     seed: int = 0
+    input_size: int = 32
+    """The side in pixels the victim is trained and served at (the papers' scale: 64)."""
 
     @classmethod
     def of(cls, dataset: str, seed: int = 0, **overrides: object) -> VictimSpec:
         """The dataset's recipe (victim_service/recipes.py), with any field overridden."""
         r = recipe_for(dataset)
-        spec = cls(dataset, r.arch, r.epochs, r.batch_size, r.lr, seed)
+        spec = cls(dataset, r.arch, r.epochs, r.batch_size, r.lr, seed, r.input_size)
         return replace(spec, **overrides)  # type: ignore[arg-type]
 
 
@@ -72,10 +74,13 @@ def cached_victim(spec: VictimSpec, say: Say = lambda _: None) -> Path:
     path = cached_path("victims", asdict(spec), ".pt")
     with making(path):
         if not path.exists():
-            say(f"  training the victim {spec.arch} on {spec.dataset} ({spec.epochs} epochs)")
+            say(
+                f"  training the victim {spec.arch} on {spec.dataset} ({spec.epochs} epochs, "
+                f"{spec.input_size} px)"
+            )
             train_victim(
                 spec.dataset, spec.arch, path, epochs=spec.epochs, batch_size=spec.batch_size,
-                lr=spec.lr, seed=spec.seed, progress=False,
+                lr=spec.lr, input_size=spec.input_size, seed=spec.seed, progress=False,
             )  # fmt: skip
     return path
 

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 11 and 13, run on a lent device machine (python3 there holds torch and
+# most of our dependencies; no registry). Not part of `make test`.
+#
+#   scripts/gpu-checks.sh serve    # smoke test (the offline demo on CUDA), then the serve benchmark
+#   scripts/gpu-checks.sh papers   # granularity and budget at the papers' scale (--scale papers)
+#
+# What it needs beside the checkout, in ignored folders: .whl/ (the wheels of our dependencies
+# that the machine lacks) and .gpu/data/ (cifar10-jpeg.tar.gz from ../shared/data, and the
+# attacker's part of Tiny-ImageNet cut in two archives, tiny-a.tar.gz and tiny-bc.tar.gz, since one
+# call carries at most 64 MiB). Every result lands under $OUT; lanes still running at $DEADLINE
+# seconds are stopped, and what they finished is kept (each knockoff's scores are cached as JSON).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STEP=${1:?usage: gpu-checks.sh serve|papers}
+DEADLINE=${DEADLINE:-420}
+G=${GPU_DIR:-$PWD/.gpu}
+OUT=${OUT:-$G/out}
+# extra overrides (a dry run on a CPU: smaller nets, fewer epochs), empty on the GPU
+GRANULARITY_SET=${GRANULARITY_SET:-}
+BUDGET_SET=${BUDGET_SET:-}
+mkdir -p "$OUT" "$G/cache/extracted" "$G/results" "$G/logs"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+export PYTHONPATH=$G/site:$PWD
+export TESTBED_CACHE_DIR=$G/cache TESTBED_EXPERIMENTS_CACHE_DIR=$G/runs TESTBED_DATA_DIR=$G/data
+
+say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/steps.log"; }
+
+if [ ! -f "$G/site/.done" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$G/site" .whl/*.whl || { say "wheels did not install"; exit 1; }
+  touch "$G/site/.done"
+fi
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())" 2>&1 | tee -a "$OUT/steps.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv >>"$OUT/steps.log" 2>&1
+
+# The attacker's Tiny-ImageNet, unpacked where shared.datasets.archives looks for it.
+TINY=$G/cache/extracted/tiny-imagenet-subset
+for part in tiny-bc tiny-a; do
+  if [ -f "$G/data/$part.tar.gz" ] && [ ! -f "$TINY/.$part" ]; then
+    mkdir -p "$TINY" && tar xzf "$G/data/$part.tar.gz" -C "$TINY" && touch "$TINY/.$part"
+    say "unpacked $part"
+  fi
+done
+
+case "$STEP" in
+serve)
+  say "smoke: the offline demo on CUDA"
+  timeout 120 python3 -m scenarios demo --budget 600 --out "$G/demo" >"$OUT/demo.log" 2>&1
+  say "demo exit $?: $(tail -n 3 "$OUT/demo.log" | tr '\n' ' ')"
+  say "serve benchmark, cnn9 at 32 px"
+  timeout 200 python3 -m benchmarks.serve --json "$OUT/serve-gpu-cnn9.json" --repeats 3 \
+    --seconds 2 >"$OUT/serve-cnn9.log" 2>&1
+  say "serve cnn9 exit $?"
+  ;;
+papers)
+  count=$(find "$TINY/tiny-imagenet/attacker" -type f 2>/dev/null | wc -l)
+  say "attacker pool: $count images (60000 when both parts came)"
+  echo "$count" >"$TINY/pool-count" && touch "$TINY/.complete"
+  # three lanes share the GPU: granularity; budget random; budget adaptive (seeds one by one).
+  # The victim is trained once: the first lane to ask for it holds its lock, the others wait.
+  lane() {
+    local name=$1
+    shift
+    setsid bash -c "$*" >"$G/logs/$name.log" 2>&1 &
+    echo $! >"$G/logs/$name.pid"
+  }
+  run="python3 -m scenarios run"
+  lane granularity "$run granularity --scale papers $GRANULARITY_SET --out $G/results/granularity-papers"
+  for strategy in random adaptive; do
+    cmds=""
+    for seed in 0 1 2; do
+      cmds+="$run budget --scale papers --set seeds=$seed --set strategies=$strategy $BUDGET_SET"
+      cmds+=" --out $G/results/budget-papers/$strategy-$seed && "
+    done
+    lane "budget-$strategy" "${cmds}true"
+  done
+  while [ $SECONDS -lt "$DEADLINE" ]; do
+    running=0
+    for pid in "$G"/logs/*.pid; do kill -0 "$(cat "$pid")" 2>/dev/null && running=1; done
+    [ $running = 0 ] && break
+    sleep 5
+  done
+  for pid in "$G"/logs/*.pid; do
+    kill -0 "$(cat "$pid")" 2>/dev/null && say "stopping $(basename "$pid" .pid)" &&
+      kill -- -"$(cat "$pid")" 2>/dev/null
+  done
+  sleep 3
+  nvidia-smi >>"$OUT/steps.log" 2>&1
+  # results, logs, and the cached scores of every knockoff finished (with its configuration)
+  tar czf "$OUT/papers.tar.gz" -C "$G" results logs \
+    $(cd "$G" && ls runs/knockoffs/*.json runs/transfer/*.json runs/victims/*.json 2>/dev/null)
+  say "papers: $(ls "$G"/results/*/ "$G"/results/budget-papers/*/ 2>/dev/null | grep -c results.json) results"
+  ;;
+esac
+say "done"
