@@ -3,7 +3,8 @@
 # most of our dependencies; no registry). Not part of `make test`.
 #
 #   scripts/gpu-checks.sh serve    # smoke test (the offline demo on CUDA), then the serve benchmark
-#   scripts/gpu-checks.sh papers   # granularity and budget at the papers' scale (--scale papers)
+#   scripts/gpu-checks.sh papers   # granularity and budget at the papers' scale (--scale papers),
+#                                  # and budget at the default scale beside them
 #
 # What it needs beside the checkout, in ignored folders: .whl/ (the wheels of our dependencies
 # that the machine lacks) and .gpu/data/ (cifar10-jpeg.tar.gz from ../shared/data, and the
@@ -46,12 +47,16 @@ done
 case "$STEP" in
 serve)
   say "smoke: the offline demo on CUDA"
-  timeout 120 python3 -m scenarios demo --budget 600 --out "$G/demo" >"$OUT/demo.log" 2>&1
+  timeout 90 python3 -m scenarios demo --budget 600 --out "$G/demo" >"$OUT/demo.log" 2>&1
   say "demo exit $?: $(tail -n 3 "$OUT/demo.log" | tr '\n' ' ')"
   say "serve benchmark, cnn9 at 32 px"
-  timeout 200 python3 -m benchmarks.serve --json "$OUT/serve-gpu-cnn9.json" --repeats 3 \
+  timeout 120 python3 -m benchmarks.serve --json "$OUT/serve-gpu-cnn9.json" --repeats 3 \
     --seconds 2 >"$OUT/serve-cnn9.log" 2>&1
   say "serve cnn9 exit $?"
+  say "serve benchmark, resnet34 at 64 px (the papers' victim)"
+  timeout "${RESNET_S:-100}" python3 -m benchmarks.serve --json "$OUT/serve-gpu-resnet34.json" \
+    --repeats 3 --seconds 2 --arch resnet34 --side 64 >"$OUT/serve-resnet34.log" 2>&1
+  say "serve resnet34 exit $?"
   ;;
 papers)
   count=$(find "$TINY/tiny-imagenet/attacker" -type f 2>/dev/null | wc -l)
@@ -67,13 +72,16 @@ papers)
   }
   run="python3 -m scenarios run"
   lane granularity "$run granularity --scale papers $GRANULARITY_SET --out $G/results/granularity-papers"
-  for strategy in random adaptive; do
-    cmds=""
-    for seed in 0 1 2; do
-      cmds+="$run budget --scale papers --set seeds=$seed --set strategies=$strategy $BUDGET_SET"
-      cmds+=" --out $G/results/budget-papers/$strategy-$seed && "
+  # budget at both scales, each (scale, strategy) a lane that runs the seeds one by one
+  for scale in papers default; do
+    for strategy in random adaptive; do
+      cmds=""
+      for seed in 0 1 2; do
+        cmds+="$run budget --scale $scale --set seeds=$seed --set strategies=$strategy"
+        cmds+=" $BUDGET_SET --out $G/results/budget-$scale/$strategy-$seed && "
+      done
+      lane "budget-$scale-$strategy" "${cmds}true"
     done
-    lane "budget-$strategy" "${cmds}true"
   done
   while [ $SECONDS -lt "$DEADLINE" ]; do
     running=0
@@ -90,7 +98,7 @@ papers)
   # results, logs, and the cached scores of every knockoff finished (with its configuration)
   tar czf "$OUT/papers.tar.gz" -C "$G" results logs \
     $(cd "$G" && ls runs/knockoffs/*.json runs/transfer/*.json runs/victims/*.json 2>/dev/null)
-  say "papers: $(ls "$G"/results/*/ "$G"/results/budget-papers/*/ 2>/dev/null | grep -c results.json) results"
+  say "papers: $(find "$G/results" -name results.json | wc -l) results"
   ;;
 esac
 say "done"
