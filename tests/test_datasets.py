@@ -155,6 +155,39 @@ def test_archive_datasets_unpack_once_into_the_cache(tmp_path: Path, monkeypatch
     assert len(load_dataset("cifar10-jpeg", "train")) == 6
 
 
+def test_an_archive_is_unpacked_by_one_process_while_the_others_wait(tmp_path: Path):
+    """Five experiments started at once each unpacked the archive and replaced the folder
+    another was reading; now the second waits for the first's lock and takes its folder."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from filelock import FileLock
+
+    source = tmp_path / "src"
+    _write_tree(source / "cifar10" / "test", classes=("airplane", "ship"))
+    (tmp_path / "data").mkdir()
+    with tarfile.open(tmp_path / "data" / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(source / "cifar10", arcname="cifar10")
+    env = {**os.environ, "TESTBED_DATA_DIR": str(tmp_path / "data"),
+           "TESTBED_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    target = tmp_path / "cache" / "extracted" / "cifar10-jpeg"
+    target.parent.mkdir(parents=True)
+    code = (
+        "from shared.datasets import load_dataset; print(len(load_dataset('cifar10-jpeg', 'test')))"
+    )
+    with FileLock(str(target) + ".lock"):  # another process is unpacking it
+        waiting = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        time.sleep(8)
+        assert waiting.poll() is None  # it waits for the lock ...
+        assert list(target.parent.iterdir()) == [target.parent / "cifar10-jpeg.lock"]
+    out, err = waiting.communicate(timeout=120)  # ... and unpacks once it is free
+    assert waiting.returncode == 0, err
+    assert out.strip() == "6" and (target / ".complete").exists()
+
+
 def test_tiny_imagenet_parts_and_their_words(tmp_path: Path, monkeypatch):
     source = tmp_path / "src" / "tiny-imagenet"
     _write_tree(source / "attacker", classes=("n01", "n02", "n03"))

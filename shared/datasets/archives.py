@@ -27,14 +27,21 @@ def extracted_archive(archive_name: str) -> Path:
             f"dataset archive {archive} is missing. Put {archive_name} there, or point "
             f"TESTBED_DATA_DIR at the folder that holds it (see ../shared/data/README.md)."
         )
+    from filelock import FileLock
     from torchvision.datasets.utils import extract_archive
 
-    partial = target.with_name(f"{stem}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    extract_archive(str(archive), str(partial))
-    (partial / ".complete").write_text(hashlib.sha256(archive.name.encode()).hexdigest())
-    shutil.rmtree(target, ignore_errors=True)
-    partial.replace(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one process unpacks, the others wait and take its folder: without the lock, a second
+    # process replaced the folder while the first read it (seen with five experiments at once)
+    with FileLock(str(target) + ".lock"):
+        if (target / ".complete").exists():
+            return target
+        partial = target.with_name(f"{stem}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        extract_archive(str(archive), str(partial))
+        (partial / ".complete").write_text(hashlib.sha256(archive.name.encode()).hexdigest())
+        shutil.rmtree(target, ignore_errors=True)
+        partial.replace(target)
     return target
 
 
