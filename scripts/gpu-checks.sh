@@ -2,6 +2,7 @@
 # The GPU checks of issues 11 and 13, run on a lent device machine (python3 there holds torch and
 # most of our dependencies; no registry). Not part of `make test`.
 #
+#   scripts/gpu-checks.sh pack     # here, first: .gpu/data/ from ../shared/data (needs no GPU)
 #   scripts/gpu-checks.sh serve    # smoke test (the offline demo on CUDA), then the serve benchmark
 #   scripts/gpu-checks.sh papers   # granularity and budget at the papers' scale (--scale papers),
 #                                  # and budget at the default scale beside them
@@ -9,7 +10,9 @@
 # What it needs beside the checkout, in ignored folders: .whl/ (the wheels of our dependencies
 # that the machine lacks) and .gpu/data/ (cifar10-jpeg.tar.gz from ../shared/data, and the
 # attacker's part of Tiny-ImageNet cut in two archives, tiny-a.tar.gz and tiny-bc.tar.gz, since one
-# call carries at most 64 MiB). Every result lands under $OUT; lanes still running at $DEADLINE
+# call carries at most 64 MiB: `serve` takes tiny-bc and `papers` the rest, right after, while the
+# machine is warm). On 2026-12-04 the second call did not find what the first had unpacked, so
+# the pool had 22,000 images: the budget runs then take the budgets the pool allows. Every result lands under $OUT; lanes still running at $DEADLINE
 # seconds are stopped, and what they finished is kept (each knockoff's scores are cached as JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,18 @@ export TESTBED_CACHE_DIR=$G/cache TESTBED_EXPERIMENTS_CACHE_DIR=$G/runs TESTBED_
 
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/steps.log"; }
 
+if [ "$STEP" = pack ]; then
+  mkdir -p "$G/data" && cp ../shared/data/cifar10-jpeg.tar.gz "$G/data/" || exit 1
+  tmp=$(mktemp -d) && tar xzf ../shared/data/tiny-imagenet-subset.tar.gz -C "$tmp" || exit 1
+  # tiny-a: words, ids and the first 110 images of each class; tiny-bc: the other 190
+  (cd "$tmp" && find tiny-imagenet/attacker -type f | LC_ALL=C sort | awk -F/ '{n[$3]++; print (n[$3] <= 110 ? "a" : "bc"), $0}' >list)
+  (cd "$tmp" && { echo tiny-imagenet/words.txt; echo tiny-imagenet/wnids.txt; awk '$1 == "a" {print $2}' list; } |
+    tar czf "$G/data/tiny-a.tar.gz" -T -)
+  (cd "$tmp" && awk '$1 == "bc" {print $2}' list | tar czf "$G/data/tiny-bc.tar.gz" -T -)
+  rm -rf "$tmp"
+  ls -l "$G/data"
+  exit 0
+fi
 if [ ! -f "$G/site/.done" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$G/site" .whl/*.whl || { say "wheels did not install"; exit 1; }
@@ -62,6 +77,10 @@ papers)
   count=$(find "$TINY/tiny-imagenet/attacker" -type f 2>/dev/null | wc -l)
   say "attacker pool: $count images (60000 when both parts came)"
   echo "$count" >"$TINY/pool-count" && touch "$TINY/.complete"
+  if [ "$count" -lt 60000 ]; then # a part did not come (2026-12-04): the budgets the pool allows
+    BUDGET_SET="--set budgets=$(python3 -c "print(','.join(str(b) for b in (1000, 2000, 5000, 10000, 20000, 60000) if b <= $count))") $BUDGET_SET"
+    say "a partial pool: budget runs with $BUDGET_SET"
+  fi
   # three lanes share the GPU: granularity; budget random; budget adaptive (seeds one by one).
   # The victim is trained once: the first lane to ask for it holds its lock, the others wait.
   lane() {
