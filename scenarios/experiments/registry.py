@@ -40,9 +40,6 @@ class Experiment:
     merge: Callable[[list[dict]], dict] | None = None
     """One results dict from several runs' (a grid run in pieces); None: not mergeable."""
 
-    def config(self, quick: bool) -> object:
-        return self.quick if quick else self.full
-
     def config_at(self, scale: str) -> object:
         """The configuration of a named scale: default, quick or papers."""
         configs = {"default": self.full, "quick": self.quick, "papers": self.papers}
