@@ -25,7 +25,7 @@ def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, mon
     What the demo is for (defect 8): the knockoff learned the victim's function from its answers
     to out-of-distribution queries, at least three times the 10% that a 10-class guess gets.
     """
-    config = DemoConfig(budget=600, pool_size=1000, knockoff_epochs=6, knockoff_batch_size=32,
+    config = DemoConfig(budget=600, pool_size=1000, knockoff_epochs=12, knockoff_batch_size=32,
                         out=tmp_path / "demo", victim_epochs=8)  # fmt: skip
     monkeypatch.chdir(tmp_path)  # the victim cache is runs/victims under the working folder
     (tmp_path / "runs" / "victims").mkdir(parents=True)
@@ -38,7 +38,8 @@ def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, mon
     assert set(saved) == REPORT_KEYS
     assert report["queries"] == 600
     assert report["victim_accuracy"] > 0.9
-    # measured: knockoff accuracy 0.489, agreement 0.484 (a constant answer would give ~0.1)
+    # measured (seeds 0-3, 12 epochs: scale.QUICK_MIN_STEPS): agreement 0.49-0.58; a constant
+    # answer would give ~0.1. At 6 epochs seed 0 fell to 0.28 on a bf16 CPU (CI red on 2026-12-04).
     assert report["knockoff_accuracy"] > 0.3 and report["agreement"] > 0.3, report
     assert report["data"]["pool"] == "natural" and report["seconds"] > 0
     assert any("recovery" in line for line in lines)
