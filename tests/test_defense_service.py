@@ -72,7 +72,9 @@ def test_shuffle_action_answers_ood_queries_with_a_permuted_vector(
         assert not np.allclose(ood_rows, plain)
         assert flagged_count(url, "ood") >= 7
         again = post(url, natural[:8]).json()["predictions"]
-        assert [p["probabilities"] for p in again] == rows[:8]  # same image, same answer
+        # same image, same permutation; the values move in the last float bits with the batch
+        # the image was answered in (4e-9 on a bf16 CPU: a batch of 8 images, not of 16)
+        assert np.allclose([p["probabilities"] for p in again], ood_rows, rtol=0, atol=1e-6)
 
 
 def test_reject_action_refuses_ood_and_answers_in_distribution(victim_checkpoint, detector, images):
