@@ -9,11 +9,17 @@
 #
 # What it needs beside the checkout, in ignored folders: .whl/ (the wheels of our dependencies
 # that the machine lacks) and .gpu/data/ (cifar10-jpeg.tar.gz from ../shared/data, and the
-# attacker's part of Tiny-ImageNet cut in two archives, tiny-a.tar.gz and tiny-bc.tar.gz, since one
-# call carries at most 64 MiB: `serve` takes tiny-bc and `papers` the rest, right after, while the
-# machine is warm). On 2026-12-04 the second call did not find what the first had unpacked, so
-# the pool had 22,000 images: the budget runs then take the budgets the pool allows. Every result lands under $OUT; lanes still running at $DEADLINE
-# seconds are stopped, and what they finished is kept (each knockoff's scores are cached as JSON).
+# attacker's part of Tiny-ImageNet cut in two archives, tiny-a.tar.gz with the first $SPLIT images
+# of each class and tiny-bc.tar.gz with the rest). One call carries at most 64 MiB and the whole
+# pool alone is about 80 MB, so it cannot travel in one call; and two calls do not add up: a
+# machine goes back 30 s after a call returns, and on 2026-12-04 the second call got a fresh one
+# (it reinstalled the wheels and found 22,000 images, tiny-a alone). So plan for one call: with
+# the checkout (3.7 MB), the wheels (8.8 MB) and CIFAR-10 (19.6 MB), `SPLIT=115
+# scripts/gpu-checks.sh pack` makes a tiny-a of 23,000 images (31 MB) that fits; `LANES=budget-papers`
+# then runs only the papers' budget, on the budgets that pool allows (up to 20,000); the
+# steps log and the note must say the pool was partial. Every result lands under $OUT; lanes still running at
+# $DEADLINE seconds are stopped, and what they finished is kept (each knockoff's scores are
+# cached as JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?usage: gpu-checks.sh serve|papers}
@@ -30,16 +36,28 @@ export TESTBED_CACHE_DIR=$G/cache TESTBED_EXPERIMENTS_CACHE_DIR=$G/runs TESTBED_
 
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/steps.log"; }
 
+WHEELS="fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv annotated-types
+  typing-inspection annotated-doc uvicorn sqlalchemy python-multipart orjson httptools sniffio
+  opentelemetry-api"
 if [ "$STEP" = pack ]; then
   mkdir -p "$G/data" && cp ../shared/data/cifar10-jpeg.tar.gz "$G/data/" || exit 1
   tmp=$(mktemp -d) && tar xzf ../shared/data/tiny-imagenet-subset.tar.gz -C "$tmp" || exit 1
-  # tiny-a: words, ids and the first 110 images of each class; tiny-bc: the other 190
-  (cd "$tmp" && find tiny-imagenet/attacker -type f | LC_ALL=C sort | awk -F/ '{n[$3]++; print (n[$3] <= 110 ? "a" : "bc"), $0}' >list)
+  # tiny-a: words, ids and the first $SPLIT images of each class; tiny-bc: the rest
+  (cd "$tmp" && find tiny-imagenet/attacker -type f | LC_ALL=C sort |
+    awk -F/ -v cut="${SPLIT:-110}" '{n[$3]++; print (n[$3] <= cut ? "a" : "bc"), $0}' >list)
   (cd "$tmp" && { echo tiny-imagenet/words.txt; echo tiny-imagenet/wnids.txt; awk '$1 == "a" {print $2}' list; } |
     tar czf "$G/data/tiny-a.tar.gz" -T -)
   (cd "$tmp" && awk '$1 == "bc" {print $2}' list | tar czf "$G/data/tiny-bc.tar.gz" -T -)
   rm -rf "$tmp"
   ls -l "$G/data"
+  # the wheels the device lacks (its python3 is 3.12 with torch), at uv.lock's versions
+  WHEELS=$WHEELS python3 -c "import os, tomllib
+v = {p['name']: p['version'] for p in tomllib.load(open('uv.lock', 'rb'))['package']}
+print(' '.join(f'{n}=={v[n]}' for n in os.environ['WHEELS'].split()))" |
+    xargs python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d .whl || exit 1
+  du -sh .whl "$G/data"
   exit 0
 fi
 if [ ! -f "$G/site/.done" ]; then
@@ -83,9 +101,11 @@ papers)
   fi
   # three lanes share the GPU: granularity; budget random; budget adaptive (seeds one by one).
   # The victim is trained once: the first lane to ask for it holds its lock, the others wait.
-  lane() {
-    local name=$1
+  lane() { # LANES (name prefixes, space-separated; default every lane) picks the lanes to run
+    local name=$1 want picked=${LANES:+no}
     shift
+    for want in ${LANES:-}; do [[ $name == "$want"* ]] && picked=; done
+    [ -n "$picked" ] && return
     setsid bash -c "$*" >"$G/logs/$name.log" 2>&1 &
     echo $! >"$G/logs/$name.pid"
   }
