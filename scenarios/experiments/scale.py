@@ -80,8 +80,9 @@ def papers_knockoff() -> KnockoffOptions:
 
 QUICK_MIN_STEPS = 200
 """At 600 answers, 6 epochs (102 steps) left the demo's cnn5 knockoff at agreement 0.28-0.49
-across four seeds (0.28 where a bf16 CPU's batches fell differently, which turned CI red);
-12 epochs (204 steps) gave 0.49-0.58 and 20 epochs 0.47-0.68."""
+across four seeds (0.28 on a bf16 CPU, where the batches fell otherwise: CI went red); 12 epochs
+(204 steps) gave 0.49-0.58 and 20 epochs 0.47-0.68
+(`results/calibration/quick-knockoff-epochs.json`)."""
 
 
 def quick_knockoff() -> KnockoffOptions:
