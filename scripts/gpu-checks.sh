@@ -14,12 +14,12 @@
 # pool alone is about 80 MB, so it cannot travel in one call; and two calls do not add up: a
 # machine goes back 30 s after a call returns, and on 2026-12-04 the second call got a fresh one
 # (it reinstalled the wheels and found 22,000 images, tiny-a alone). So plan for one call: with
-# the checkout (3.7 MB), the wheels (8.8 MB) and CIFAR-10 (19.6 MB), `SPLIT=115
-# scripts/gpu-checks.sh pack` makes a tiny-a of 23,000 images (31 MB) that fits; `LANES=budget-papers`
-# then runs only the papers' budget, on the budgets that pool allows (up to 20,000); the
-# steps log and the note must say the pool was partial. Every result lands under $OUT; lanes still running at
-# $DEADLINE seconds are stopped, and what they finished is kept (each knockoff's scores are
-# cached as JSON).
+# the checkout (3.7 MB), the wheels (8.4 MB) and CIFAR-10 (19.6 MB), `SPLIT=115
+# scripts/gpu-checks.sh pack` makes a tiny-a of 23,000 images (31 MB) that fits (60 MiB in all);
+# `LANES=budget-papers` then runs only the papers' budget, on the budgets that pool allows (up to
+# 20,000); the steps log and the note must say the pool was partial. Every result lands under
+# $OUT; lanes still running at $DEADLINE seconds are stopped, and what they finished is kept
+# (each knockoff's scores are cached as JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?usage: gpu-checks.sh serve|papers}
