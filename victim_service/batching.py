@@ -36,6 +36,20 @@ RunBatch = Callable[[np.ndarray, list[str]], list]
 """(images (B, S, S, 3), one client id per image) -> one result per image, in order."""
 
 
+class JobQueue(queue.Queue):
+    """The model threads' job queue: `queue.Queue`, whose `get(timeout)` always times out.
+
+    CPython's `queue.SimpleQueue.get(timeout)` (3.11, and the same loop in later sources)
+    waits with no timeout at all when a `put` wakes it but another consumer takes the item
+    first and its deadline has passed by the time it holds the GIL again: it recomputes a
+    negative timeout, which its lock reads as "forever". With two model threads, one of them
+    waiting out `max_wait_ms` in `_next_batch`, that left a thread asleep on the jobs it had
+    collected until the next request came: the last clients of a burst were never answered
+    (2 of 64 in a benchmark, seen with py-spy; very likely the 34 of 3,000 of a many-clients
+    check). `tests/test_batching.py` replays it.
+    """
+
+
 class ServiceStopping(RuntimeError):
     """A job arrived after the batcher stopped: the service is shutting down."""
 
@@ -79,7 +93,8 @@ class MicroBatcher:
     ) -> None:
         self.run, self.max_size, self.max_wait = run, max_size, max_wait_ms / 1000
         self.workers = workers
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # not queue.SimpleQueue: its get(timeout) can wait forever (see JobQueue)
+        self._jobs: queue.Queue[_Job | None] = JobQueue()
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
