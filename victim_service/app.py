@@ -181,9 +181,10 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
         """The one way from a request to its answers, for /v1 and /v2 alike.
 
         `read()` parses the request into (image count, images or a function that decodes them);
-        then the client's rate limit, decoding off the event loop, the micro-batched model and
-        its defenses. Refusals raise `ApiError` (403 when a defense refuses an image); requests,
-        images, clients and latency are counted in /metrics.
+        then the client's rate limit, decoding (on a model thread on a CPU, in a pool thread
+        beside an accelerator), the micro-batched model and its defenses. Refusals raise
+        `ApiError` (403 when a defense refuses an image); requests, images, clients and latency
+        are counted in /metrics.
         """
         start = time.perf_counter()
         with metrics.in_flight.track_inprogress():
@@ -194,10 +195,11 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
             count, images = await read()
             if limiter is not None:
                 limiter.take(client, count)
-            if callable(images):
+            if callable(images) and request.app.state.blackbox.device.type != "cpu":
+                # an accelerator runs the model: the CPU decodes meanwhile, off the model thread
                 images = await asyncio.to_thread(images)
-            try:
-                rows = await request.app.state.batcher.submit(images, client)
+            try:  # on a CPU, the model thread that takes the job decodes it (no thread hop)
+                rows = await request.app.state.batcher.submit(images, client, count)
             except ServiceStopping as exc:
                 raise ApiError(503, "not_ready", "the service is shutting down") from exc
         except ApiError as exc:

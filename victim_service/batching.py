@@ -6,6 +6,9 @@ is already running the next batch (the earlier design formed batches on the even
 left the model idle whenever the loop was busy). Answers go back with `call_soon_threadsafe`.
 On a CPU, several model threads with one intra-op thread each keep every core busy where one
 forward pass with several intra-op threads stalls whenever the event loop takes a core.
+A job may carry a function that decodes its images instead of the images: the model thread
+that takes it decodes them, so decoding needs no thread hop of its own and never has more
+threads than cores competing for them (a job whose decoding fails gets that error alone).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def stack(batches: list[np.ndarray]) -> np.ndarray:
 RunBatch = Callable[[np.ndarray, list[str]], list]
 """(images (B, S, S, 3), one client id per image) -> one result per image, in order."""
 
+Images = np.ndarray | Callable[[], np.ndarray]
+"""A job's images, or a function that decodes them (run on a model thread)."""
+
 
 class JobQueue(queue.Queue):
     """The model threads' job queue: `queue.Queue`, whose `get(timeout)` always times out.
@@ -56,7 +62,8 @@ class ServiceStopping(RuntimeError):
 
 @dataclass
 class _Job:
-    images: np.ndarray
+    images: Images
+    count: int
     client: str
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -120,17 +127,22 @@ class MicroBatcher:
         self._threads = []
         self._refuse_rest()
 
-    async def submit(self, images: np.ndarray, client: str) -> list:
+    async def submit(self, images: Images, client: str, count: int | None = None) -> list:
+        """One result per image; `count` (how many images) is needed when `images` decodes."""
         if self._stopping:
             raise ServiceStopping("the service is shutting down")
+        if count is None:
+            if callable(images):
+                raise TypeError("submit(decode, ...) needs the image count")
+            count = len(images)
         loop = asyncio.get_running_loop()
-        job = _Job(images, client, loop.create_future(), loop)
+        job = _Job(images, count, client, loop.create_future(), loop)
         self._jobs.put(job)
         return await job.future
 
     def _next_batch(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
         """`first` plus whatever fits before the deadline: (jobs, a job held over, stop seen)."""
-        jobs, size = [first], len(first.images)
+        jobs, size = [first], first.count
         if not self.enabled:
             return jobs, None, False
         deadline = time.monotonic() + self.max_wait
@@ -147,10 +159,10 @@ class MicroBatcher:
                     break
             if job is _STOP:  # one sentinel per thread: this one is ours
                 return jobs, None, True
-            if size + len(job.images) > self.max_size:
+            if size + job.count > self.max_size:
                 return jobs, job, False
             jobs.append(job)
-            size += len(job.images)
+            size += job.count
         return jobs, None, False
 
     def _work(self) -> None:
@@ -167,8 +179,11 @@ class MicroBatcher:
                 return
 
     def _run(self, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if self._decode(j)]
+        if not jobs:
+            return
         images = stack([j.images for j in jobs])
-        clients = [j.client for j in jobs for _ in range(len(j.images))]
+        clients = [j.client for j in jobs for _ in range(j.count)]
         try:
             results = self.run(images, clients)
         except Exception as exc:  # hand the failure to every waiting request
@@ -177,8 +192,22 @@ class MicroBatcher:
             return
         start = 0
         for j in jobs:
-            j.settle(results[start : start + len(j.images)])
-            start += len(j.images)
+            j.settle(results[start : start + j.count])
+            start += j.count
+
+    @staticmethod
+    def _decode(job: _Job) -> bool:
+        """Decode the job's images if it carries a decoder; its failure settles that job alone."""
+        if callable(job.images):
+            try:
+                job.images = job.images()
+            except Exception as exc:
+                job.settle(error=exc)
+                return False
+            if len(job.images) != job.count:
+                job.settle(error=RuntimeError(f"decoded {len(job.images)} of {job.count} images"))
+                return False
+        return True
 
     def _refuse_rest(self) -> None:
         """Jobs that slipped in after the stop sentinels: refuse them rather than hang."""
