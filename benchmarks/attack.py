@@ -101,7 +101,8 @@ def measure(
         ratios.append(result.images_per_s / load.images_per_s if load.images_per_s else math.nan)
         print(
             f"{pool_name} {protocol} repeat {repeat}: service {load.images_per_s:.0f} img/s "
-            f"(errors {load.errors}), attacker {result.images_per_s:.0f} img/s "
+            f"(errors {load.errors}, unanswered {load.unanswered}), "
+            f"attacker {result.images_per_s:.0f} img/s "
             f"({budget} images in {result.seconds:.2f} s)",
             file=sys.stderr,
         )

@@ -34,6 +34,9 @@ class LoadResult:
     errors: int
     sent: int = 0
     """Every request answered, warm-up and edges included (the denominator of CPU costs)."""
+    unanswered: int = 0
+    """Requests still waiting for an answer `answer_timeout_s` after they were sent: each ends
+    its worker (the service lost a request or hung), so the run finishes and says so."""
 
 
 class _Connection:
@@ -113,12 +116,13 @@ async def generate_load(
     warmup_s: float = 0.5,
     headers: dict[str, str] | None = None,
     requests: Callable[[int], Request] | None = None,
+    answer_timeout_s: float = 60.0,
 ) -> LoadResult:
     """`concurrency` workers each send requests of `images_per_request` images back to back.
 
     `requests(i)` builds the request starting at image i (default: /v1 multipart PNGs of
     `payloads`). Only requests that start after the warm-up and finish before the deadline
-    are counted.
+    are counted; one unanswered after `answer_timeout_s` is counted in `unanswered`.
     """
     if requests is None:
         assert payloads is not None, "give payloads or a request factory"
@@ -129,11 +133,12 @@ async def generate_load(
     errors = 0
     images = 0
     sent = 0
+    unanswered = 0
     loop_start = time.perf_counter()
     start, deadline = loop_start + warmup_s, loop_start + warmup_s + duration_s
 
     async def worker(w: int) -> None:
-        nonlocal errors, images, sent
+        nonlocal errors, images, sent, unanswered
         connection = _Connection(host, port, headers or {})
         i = w * images_per_request
         try:
@@ -141,7 +146,13 @@ async def generate_load(
                 path, body, request_headers = requests(i)
                 i += images_per_request * concurrency
                 t0 = time.perf_counter()
-                status = await connection.post(path, body, request_headers)
+                try:
+                    status = await asyncio.wait_for(
+                        connection.post(path, body, request_headers), answer_timeout_s
+                    )
+                except TimeoutError:
+                    unanswered += 1
+                    return
                 t1 = time.perf_counter()
                 sent += 1
                 if t0 >= start and t1 <= deadline:
@@ -164,4 +175,5 @@ async def generate_load(
         p99_ms=float(np.percentile(lat, 99)),
         errors=errors,
         sent=sent,
+        unanswered=unanswered,
     )

@@ -105,7 +105,7 @@ def load_point(url: str, pid: int, requests, per_request: int, concurrency: int,
     sent = max(r.sent, 1)
     return {
         "images_per_s": r.images_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-        "errors": r.errors,
+        "errors": r.errors, "unanswered": r.unanswered,
         "service_cpu_us_per_request": (process_cpu_s(pid) - service0) / sent * 1e6,
         "loadgen_cpu_us_per_request": (self_cpu_s() - client0) / sent * 1e6,
     }  # fmt: skip
@@ -168,7 +168,12 @@ def main(
                     load_point(plain_url, plain_p.pid, shapes["v1"], 32, 16, seconds)
                 )
                 line = "  ".join(f"{k} {v[-1]['images_per_s']:.0f}" for k, v in samples.items())
-                print(f"repeat {repeat}: {line} img/s", flush=True)
+                lost = sum(v[-1].get("unanswered", 0) for v in samples.values())
+                print(
+                    f"repeat {repeat}: {line} img/s"
+                    + (f"  ({lost} requests never answered)" if lost else ""),
+                    flush=True,
+                )
             single = {
                 "single_c1_microbatch": load_point(
                     url, proc.pid, v1_requests(payloads, 1), 1, 1, seconds

@@ -72,11 +72,13 @@ def check_load(
         rss_end = rss_mib(process.pid)
         metrics = httpx.get(f"{url}/metrics").text
     result.expect(load.errors == 0, f"{load.errors} requests answered with an error")
+    result.expect(load.unanswered == 0, f"{load.unanswered} requests never answered")
     result.expect(load.requests > 0, "no request was answered in the window")
     result.expect("victim_flagged_queries_total" in metrics, "no defense flagged anything")
     result.figures = {
         "seconds": round(time.monotonic() - started), "concurrency": concurrency,
-        "requests": load.requests, "errors": load.errors, "req_per_s": round(load.images_per_s),
+        "requests": load.requests, "errors": load.errors,
+        "unanswered": load.unanswered, "req_per_s": round(load.images_per_s),
         "p50_ms": round(load.p50_ms, 1), "p99_ms": round(load.p99_ms, 1),
         "rss_start_mib": round(rss_start), "rss_end_mib": round(rss_end),
         "rss_peak_mib": round(peak[0]),

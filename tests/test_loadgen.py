@@ -1,0 +1,44 @@
+"""The benchmarks' load generator ends and counts a request the service never answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from benchmarks.loadgen import generate_load
+
+
+def test_requests_never_answered_are_counted_and_the_run_ends():
+    async def scenario():
+        answered = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal answered
+            await reader.readuntil(b"\r\n\r\n")  # the head; the one-byte body follows
+            await reader.readexactly(1)
+            if answered < 3:  # answer the first three requests, then go silent
+                answered += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                await handle(reader, writer)
+            else:
+                await asyncio.sleep(30)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await asyncio.wait_for(
+                generate_load(
+                    f"http://127.0.0.1:{port}",
+                    concurrency=2,
+                    images_per_request=1,
+                    duration_s=5,
+                    warmup_s=0,
+                    requests=lambda i: ("/v1/predict", b"x", {}),
+                    answer_timeout_s=0.5,
+                ),
+                timeout=10,
+            )
+
+    result = asyncio.run(scenario())
+    assert result.unanswered == 2  # each worker's last request, then the worker stopped
+    assert result.sent == 3 and result.requests == 3 and result.errors == 0
