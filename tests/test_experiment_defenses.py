@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scenarios.experiments import defenses, steps
+from scenarios.experiments import defenses, probes, steps
 from scenarios.experiments.registry import get
 
 
@@ -63,8 +63,8 @@ def test_defenses_quick_through_the_real_service(quick_experiments, tmp_path, mo
     def no_service(*args, **kwargs):
         raise AssertionError("a cached rerun must not start the service")
 
-    monkeypatch.setattr(steps, "service_process", no_service)
-    monkeypatch.setattr(defenses, "service_process", no_service)
+    for module in (steps, defenses, probes):
+        monkeypatch.setattr(module, "preloaded_service", no_service)
     again = defenses.run(out, quick=True, say=lines.append)
     assert [r["recovery"] for r in again["rows"]] == [r["recovery"] for r in saved["rows"]]
     (out / "results.md").unlink()

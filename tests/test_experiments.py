@@ -76,7 +76,7 @@ def test_granularity_quick_through_the_real_service(quick_experiments, tmp_path,
     def no_service(*args, **kwargs):
         raise AssertionError("a cached rerun must not query again")
 
-    monkeypatch.setattr(steps, "service_process", no_service)
+    monkeypatch.setattr(steps, "preloaded_service", no_service)
     again = granularity.run(out, quick=True, say=lines.append)
     assert [r["agreement"] for r in again["rows"]] == [r["agreement"] for r in saved["rows"]]
 

@@ -39,7 +39,7 @@ from scenarios.experiments.steps import (
     cached_victim,
     knockoff_row,
 )
-from victim_service.launch import service_process
+from victim_service.launch import preloaded_service
 
 Say = Callable[[str], object]
 
@@ -195,7 +195,7 @@ def _prada(config: DefensesConfig, setting: Setting, say: Say) -> dict:
         env = {"VICTIM_CHECKPOINT": str(cached_victim(config.victim)), **setting.env(),
                "VICTIM_API_KEYS": ",".join([*keys.values(), *benign])}  # fmt: skip
         streams = {}
-        with service_process(env, ready_timeout=SERVICE_READY_S) as (url, _):
+        with preloaded_service(env, ready_timeout=SERVICE_READY_S) as url:
             for kind, seed in clients:
                 key = keys[(kind, seed)]
                 db = path.with_name(f"{path.stem}-{key}.sqlite")

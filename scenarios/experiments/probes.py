@@ -19,7 +19,7 @@ from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
 from shared.schemas import answer_label, parse_answer
-from victim_service.launch import service_process
+from victim_service.launch import preloaded_service
 
 
 def benign_accuracy(
@@ -92,7 +92,7 @@ def cached_benign(
         keys = benign_keys(clients)
         service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim)), **env,
                        "VICTIM_API_KEYS": ",".join(keys)}  # fmt: skip
-        with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
+        with preloaded_service(service_env, ready_timeout=SERVICE_READY_S) as url:
             say(f"  benign: {len(x)} test images from {clients} clients through {url}")
             result = benign_accuracy(url, x, y, keys)
         path.write_text(json.dumps(result, indent=2) + "\n")

@@ -21,7 +21,7 @@ from attacker.strategies import AdaptiveConfig
 from attacker.train import KnockoffOptions, train_knockoff
 from attacker.transfer import answers_digest, load_transfer_set
 from scenarios.experiments.cache import cached_path, config_hash, making
-from victim_service.launch import service_process
+from victim_service.launch import preloaded_service
 from victim_service.recipes import recipe_for
 from victim_service.train import train_victim
 
@@ -100,7 +100,7 @@ def _cached_set(
             stale.unlink(missing_ok=True)
         service_env = {"VICTIM_CHECKPOINT": str(cached_victim(victim, say)),
                        "VICTIM_MAX_IMAGES": "64", **env}  # fmt: skip
-        with service_process(service_env, ready_timeout=SERVICE_READY_S) as (url, _):
+        with preloaded_service(service_env, ready_timeout=SERVICE_READY_S) as url:
             ask(url, db)
         done.write_text("complete\n")
     return db

@@ -1,0 +1,168 @@
+"""A fork server for the service: one process imports the service (torch with it) once, then
+forks a child per request that runs what `uvicorn victim_service.app:create_app --factory`
+runs. The experiments start a service for every row of their tables; a fresh interpreter
+spends seconds importing torch each time, a fork a few milliseconds.
+
+The server never builds an app or runs a model, so it holds no threads, thread pool or
+accelerator context when it forks. Requests and replies are JSON lines on its stdin and
+stdout; when its stdin closes (the caller exited or was killed), it stops its children and
+exits. Multiprocessing's forkserver is not used: its children re-run the caller's main
+script, and what that imports varies with how the caller was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STOP_TIMEOUT_S = 10.0
+"""What a child gets to answer its requests in flight after SIGTERM, before SIGKILL."""
+
+
+def _exit_code(status: int) -> int:
+    return os.waitstatus_to_exitcode(status)
+
+
+class _Children:
+    """The server's children and the exit codes of those that ended."""
+
+    def __init__(self) -> None:
+        self.running: set[int] = set()
+        self.ended: dict[int, int] = {}
+
+    def reap(self) -> None:
+        for pid in list(self.running):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self.running.discard(pid)
+                self.ended[pid] = _exit_code(status)
+
+    def code(self, pid: int) -> int | None:
+        self.reap()
+        return self.ended.get(pid)
+
+    def stop(self, pid: int) -> int | None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; the exit code."""
+        if pid not in self.running:
+            return self.ended.get(pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.code(pid) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.code(pid) is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.running.discard(pid)
+            self.ended[pid] = -signal.SIGKILL
+        return self.ended[pid]
+
+
+def _child(env: dict[str, str], port: int, log_level: str) -> None:
+    """A forked child: the caller's environment as it is now (not as it was when the server
+    started), stdin from /dev/null and stdout on the caller's stderr (never the server's
+    protocol pipes), then uvicorn."""
+    import uvicorn
+
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    os.environ.clear()
+    os.environ.update(env)
+    uvicorn.run(
+        "victim_service.app:create_app", factory=True, host="127.0.0.1", port=port,
+        log_level=log_level,
+    )  # fmt: skip
+
+
+def _run_child(args: dict) -> int:
+    """The child's exit code, as the interpreter would give it: it must never return into the
+    server's loop, so it leaves by os._exit (after flushing what it wrote)."""
+    code = 0
+    try:
+        _child(args["env"], args["port"], args["log_level"])
+    except SystemExit as stop:  # uvicorn's exit on a failed startup (3), already logged
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def serve(requests=sys.stdin, replies=sys.stdout) -> None:
+    """The server's loop: {"start": {...}}, {"poll": pid} and {"stop": pid}, one reply each."""
+    import victim_service.app  # noqa: F401  (what every child inherits ready-made)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's; EOF ends the server
+    children = _Children()
+    try:
+        for line in requests:
+            request = json.loads(line)
+            if "start" in request:
+                args = request["start"]
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(_run_child(args))
+                children.running.add(pid)
+                reply: dict = {"pid": pid}
+            elif "poll" in request:
+                reply = {"exit": children.code(request["poll"])}
+            else:
+                reply = {"exit": children.stop(request["stop"])}
+            replies.write(json.dumps(reply) + "\n")
+            replies.flush()
+    finally:
+        for pid in list(children.running):
+            children.stop(pid)
+
+
+class Zygote:
+    """The caller's end: starts the server on first use; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server: subprocess.Popen | None = None
+
+    def _ask(self, request: dict) -> dict:
+        with self._lock:
+            if self._server is None or self._server.poll() is not None:
+                self._server = subprocess.Popen(
+                    [sys.executable, "-m", "victim_service.zygote"],
+                    cwd=Path(__file__).resolve().parent.parent,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+            assert self._server.stdin is not None and self._server.stdout is not None
+            self._server.stdin.write(json.dumps(request) + "\n")
+            self._server.stdin.flush()
+            line = self._server.stdout.readline()
+        if not line:
+            from shared.errors import TestbedError
+
+            raise TestbedError("the service's fork server exited (its stderr says why)")
+        return json.loads(line)
+
+    def start(self, env: dict[str, str], port: int, log_level: str = "warning") -> int:
+        """Fork a service on `port` with exactly `env` as its environment; its pid."""
+        return self._ask({"start": {"env": env, "port": port, "log_level": log_level}})["pid"]
+
+    def exit_code(self, pid: int) -> int | None:
+        """None while the child runs."""
+        return self._ask({"poll": pid})["exit"]
+
+    def stop(self, pid: int) -> int | None:
+        """SIGTERM (requests in flight are answered), SIGKILL after STOP_TIMEOUT_S."""
+        return self._ask({"stop": pid})["exit"]
+
+
+if __name__ == "__main__":
+    serve()
