@@ -121,6 +121,12 @@ def _fatal(response: httpx.Response, url: str) -> FatalAPIError:
 
 
 def _retry_after(response: httpx.Response) -> float:
+    """Seconds to wait: `Retry-After-Ms` where the server sends it (OpenAI, Azure, ours), else
+    `Retry-After` (whole seconds)."""
+    try:
+        return max(0.0, float(response.headers["retry-after-ms"]) / 1000)
+    except (KeyError, ValueError):
+        pass
     value = response.headers.get("retry-after", "")
     try:
         return max(0.0, float(value))

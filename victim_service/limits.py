@@ -79,10 +79,17 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
                 self.evicted += 1
         if not spent:
-            wait = math.ceil((cost - tokens) / self.rate)
+            wait_s = (cost - tokens) / self.rate
             raise ApiError(
                 429,
                 "rate_limited",
-                f"rate limit of {self.rate:g} images/s exceeded; retry in {wait} s",
-                headers={"Retry-After": str(wait)},
+                f"rate limit of {self.rate:g} images/s exceeded; retry in {wait_s:.3f} s",
+                headers=retry_after(wait_s),
             )
+
+
+def retry_after(wait_s: float) -> dict[str, str]:
+    """`Retry-After` in whole seconds (HTTP allows no less), rounded up, and `Retry-After-Ms`
+    (as OpenAI's and Azure's APIs send it) for clients that can wait less: with a small bucket
+    the rounding alone would hold a client to one bucketful per second."""
+    return {"Retry-After": str(math.ceil(wait_s)), "Retry-After-Ms": str(math.ceil(wait_s * 1000))}
