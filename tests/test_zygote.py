@@ -79,11 +79,34 @@ def test_killing_the_caller_stops_its_services(victim_checkpoint: Path):
     finally:
         caller.send_signal(signal.SIGKILL)
         caller.wait(10)
-    deadline = time.monotonic() + 30
+    assert _gone(url, 30), f"the service at {url} outlived its caller by 30 s"
+
+
+def _gone(url: str, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         try:
             httpx.get(f"{url}/readyz", timeout=1)
         except httpx.ConnectError:
-            return
+            return True
+        except httpx.TransportError:  # a connection cut while the service shuts down
+            pass
         time.sleep(0.1)
-    pytest.fail(f"the service at {url} outlived its caller by 30 s")
+    return False
+
+
+def test_a_killed_server_takes_its_services_along_and_the_next_call_starts_another(
+    victim_checkpoint: Path,
+):
+    from victim_service import launch
+
+    env = {"VICTIM_CHECKPOINT": str(victim_checkpoint)}
+    with preloaded_service(env) as url:
+        server = launch._ZYGOTE._server
+        assert server is not None
+        server.send_signal(signal.SIGKILL)  # as the OOM killer would
+        server.wait(10)
+        assert _gone(url, 30), f"the service at {url} outlived its server"
+    with preloaded_service(env) as url:  # a new server
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        assert launch._ZYGOTE._server is not server

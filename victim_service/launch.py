@@ -123,6 +123,10 @@ def preloaded_service(
     uvicorn and app factory with the caller's environment plus `env` (its log on the caller's
     stderr), ready in a fraction of a second instead of the seconds importing torch takes;
     yields the base URL."""
+    if not hasattr(os, "fork"):  # Windows: a fresh process, as service_process starts it
+        with service_process(env, log_level=log_level, ready_timeout=ready_timeout) as (url, _):
+            yield url
+        return
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     pid = _ZYGOTE.start(full_env, port, log_level)

@@ -63,12 +63,25 @@ class _Children:
         return self.ended[pid]
 
 
+def _die_with_the_server() -> None:
+    """Linux: SIGTERM this child when the server dies (killed by the OOM killer, say), which it
+    would otherwise outlive, holding its port."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(env: dict[str, str], port: int, log_level: str) -> None:
     """A forked child: the caller's environment as it is now (not as it was when the server
     started), stdin from /dev/null and stdout on the caller's stderr (never the server's
     protocol pipes), then uvicorn."""
     import uvicorn
 
+    _die_with_the_server()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -135,6 +148,8 @@ class Zygote:
 
     def _ask(self, request: dict) -> dict:
         with self._lock:
+            if "stop" in request and (self._server is None or self._server.poll() is not None):
+                return {"exit": None}  # its children died with it (PR_SET_PDEATHSIG)
             if self._server is None or self._server.poll() is not None:
                 self._server = subprocess.Popen(
                     [sys.executable, "-m", "victim_service.zygote"],
