@@ -115,6 +115,15 @@ def service_process(
 _ZYGOTE = Zygote()
 
 
+def _accelerator_visible() -> bool:
+    """Where CUDA is, services start as fresh processes: a driver that a parent touched before
+    forking is unusable in the child, and a row on a GPU takes minutes beside which the
+    seconds of a fresh interpreter do not count. (Not tested here: no GPU.)"""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @contextmanager
 def preloaded_service(
     env: dict[str, str], log_level: str = "warning", ready_timeout: float = 60.0
@@ -123,7 +132,7 @@ def preloaded_service(
     uvicorn and app factory with the caller's environment plus `env` (its log on the caller's
     stderr), ready in a fraction of a second instead of the seconds importing torch takes;
     yields the base URL."""
-    if not hasattr(os, "fork"):  # Windows: a fresh process, as service_process starts it
+    if not hasattr(os, "fork") or _accelerator_visible():  # a fresh process, as it starts one
         with service_process(env, log_level=log_level, ready_timeout=ready_timeout) as (url, _):
             yield url
         return

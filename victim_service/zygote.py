@@ -1,7 +1,8 @@
 """A fork server for the service: one process imports the service (torch with it) once, then
 forks a child per request that runs what `uvicorn victim_service.app:create_app --factory`
 runs. The experiments start a service for every row of their tables; a fresh interpreter
-spends seconds importing torch each time, a fork a few milliseconds.
+spends seconds importing torch each time, a fork a few milliseconds. CPU hosts only: where
+CUDA is visible, `launch.preloaded_service` starts fresh processes instead.
 
 The server never builds an app or runs a model, so it holds no threads, thread pool or
 accelerator context when it forks. Requests and replies are JSON lines on its stdin and
