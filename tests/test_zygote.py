@@ -110,3 +110,19 @@ def test_a_killed_server_takes_its_services_along_and_the_next_call_starts_anoth
     with preloaded_service(env) as url:  # a new server
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
         assert launch._ZYGOTE._server is not server
+
+
+def test_where_cuda_is_visible_each_service_is_a_fresh_process(
+    victim_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Simulated (no GPU here): the fork server is never asked."""
+    from victim_service import launch
+
+    class NoForks:
+        def start(self, *args: object, **kwargs: object) -> int:
+            raise AssertionError("forked beside an accelerator")
+
+    monkeypatch.setattr(launch, "_accelerator_visible", lambda: True)
+    monkeypatch.setattr(launch, "_ZYGOTE", NoForks())
+    with preloaded_service({"VICTIM_CHECKPOINT": str(victim_checkpoint)}) as url:
+        assert len(_predict(url)["probabilities"]) == 10
