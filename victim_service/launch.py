@@ -129,9 +129,9 @@ def preloaded_service(
     env: dict[str, str], log_level: str = "warning", ready_timeout: float = 60.0
 ) -> Iterator[str]:
     """`service_process`, forked from a server that imported the service once: the same
-    uvicorn and app factory with the caller's environment plus `env` (its log on the caller's
-    stderr), ready in a fraction of a second instead of the seconds importing torch takes;
-    yields the base URL."""
+    uvicorn and app factory with the caller's environment plus `env` (its log on the stderr
+    the caller had when the server started), ready in a fraction of a second instead of the
+    seconds importing torch takes; yields the base URL."""
     if not hasattr(os, "fork") or _accelerator_visible():  # a fresh process, as it starts one
         with service_process(env, log_level=log_level, ready_timeout=ready_timeout) as (url, _):
             yield url

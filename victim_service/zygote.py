@@ -2,7 +2,9 @@
 forks a child per request that runs what `uvicorn victim_service.app:create_app --factory`
 runs. The experiments start a service for every row of their tables; a fresh interpreter
 spends seconds importing torch each time, a fork a few milliseconds. CPU hosts only: where
-CUDA is visible, `launch.preloaded_service` starts fresh processes instead.
+CUDA is visible, `launch.preloaded_service` starts fresh processes instead. Each child takes
+the caller's environment of the moment (the VICTIM_* settings are read when the app is made);
+what torch reads at import (OMP_NUM_THREADS, say) is the server's, from when it started.
 
 The server never builds an app or runs a model, so it holds no threads, thread pool or
 accelerator context when it forks. Requests and replies are JSON lines on its stdin and
