@@ -37,7 +37,8 @@ def test_refilled_buckets_go_first_then_the_least_recently_used(monkeypatch):
     assert len(limiter) == 3 and limiter.evicted == 1
     with pytest.raises(ApiError) as refused:
         limiter.take("busy", 1)
-    assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "1", "Retry-After-Ms": "500"}
+    assert refused.value.status == 429
+    assert refused.value.headers == {"Retry-After": "1", "Retry-After-Ms": "500"}
 
 
 def test_client_label_is_bounded_and_the_rest_count_as_other():
