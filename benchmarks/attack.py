@@ -35,17 +35,15 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from attacker.query import QueryConfig, run_query
-from benchmarks.common import pinned, split_cpus, throwaway_victim
+from benchmarks.common import machine, pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
 from shared.datasets import load_dataset
@@ -196,9 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "victim": "cnn9 random init, 32x32, 10 classes",
         "device": args.device,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **machine(),
     }
     text = json.dumps(out, indent=2)
     if args.json:

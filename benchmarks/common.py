@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,15 @@ def sample_images(n: int = 256, side: int = 32, seed: int = 0) -> np.ndarray:
 
 def sample_payloads(n: int = 256, side: int = 32, seed: int = 0) -> list[bytes]:
     return [encode_image(im) for im in sample_images(n, side, seed)]
+
+
+def machine() -> dict:
+    """What a figure needs beside it to be read: the cores, how busy they were, when."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def write_json(path: Path | None, results: dict) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import typer
 from starlette.requests import Request
 
 from attacker.client import multipart_body
-from benchmarks.common import sample_images, sample_payloads, throwaway_victim, write_json
+from benchmarks.common import machine, sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import v2_requests
 from shared.imaging import decode_with_pillow
 from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
@@ -97,9 +96,7 @@ def main(
         "note": "multipart_starlette excludes the cost of asyncio.run itself "
         f"({empty_loop:.0f} µs, measured the same way)",
         "torch_threads": __import__("torch").get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **machine(),
     }
     write_json(json_out, results)
 

@@ -39,6 +39,7 @@ import torch
 import typer
 
 from benchmarks.common import (
+    machine,
     sample_images,
     sample_payloads,
     throwaway_filter,
@@ -240,9 +241,7 @@ def main(
             **{f"{k}_images_per_s": [s["images_per_s"] for s in v] for k, v in samples.items()},
         },
         "targets": TARGETS,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **machine(),
     }
     write_json(json_out, results)
 
