@@ -107,6 +107,8 @@ def test_a_killed_server_takes_its_services_along_and_the_next_call_starts_anoth
         server.send_signal(signal.SIGKILL)  # as the OOM killer would
         server.wait(10)
         assert _gone(url, 30), f"the service at {url} outlived its server"
+        with pytest.raises(TestbedError, match="fork server died"):  # not a wait for /readyz
+            launch._ZYGOTE.exit_code(12345)
     with preloaded_service(env) as url:  # a new server
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
         assert launch._ZYGOTE._server is not server

@@ -24,12 +24,10 @@ import threading
 import time
 from pathlib import Path
 
+from shared.errors import TestbedError
+
 STOP_TIMEOUT_S = 10.0
 """What a child gets to answer its requests in flight after SIGTERM, before SIGKILL."""
-
-
-def _exit_code(status: int) -> int:
-    return os.waitstatus_to_exitcode(status)
 
 
 class _Children:
@@ -44,7 +42,7 @@ class _Children:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 self.running.discard(pid)
-                self.ended[pid] = _exit_code(status)
+                self.ended[pid] = os.waitstatus_to_exitcode(status)
 
     def code(self, pid: int) -> int | None:
         self.reap()
@@ -150,22 +148,27 @@ class Zygote:
         self._server: subprocess.Popen | None = None
 
     def _ask(self, request: dict) -> dict:
+        """One request, one reply. Only a start starts a server: the services of one that died
+        died with it (PR_SET_PDEATHSIG), so stopping one is done and polling one is an error."""
         with self._lock:
-            if "stop" in request and (self._server is None or self._server.poll() is not None):
-                return {"exit": None}  # its children died with it (PR_SET_PDEATHSIG)
             if self._server is None or self._server.poll() is not None:
+                if "stop" in request:
+                    return {"exit": None}
+                if "poll" in request:
+                    raise TestbedError("the service's fork server died, and its services with it")
                 self._server = subprocess.Popen(
                     [sys.executable, "-m", "victim_service.zygote"],
                     cwd=Path(__file__).resolve().parent.parent,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 )  # fmt: skip
             assert self._server.stdin is not None and self._server.stdout is not None
-            self._server.stdin.write(json.dumps(request) + "\n")
-            self._server.stdin.flush()
-            line = self._server.stdout.readline()
+            try:
+                self._server.stdin.write(json.dumps(request) + "\n")
+                self._server.stdin.flush()
+                line = self._server.stdout.readline()
+            except OSError:  # it died as we wrote
+                line = ""
         if not line:
-            from shared.errors import TestbedError
-
             raise TestbedError("the service's fork server exited (its stderr says why)")
         return json.loads(line)
 
