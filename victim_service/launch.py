@@ -36,15 +36,10 @@ def free_port() -> int:
 
 
 def wait_ready(
-    url: str,
-    timeout: float = 60.0,
-    process: subprocess.Popen | None = None,
-    exit_code: Callable[[], int | None] | None = None,
+    url: str, timeout: float = 60.0, exit_code: Callable[[], int | None] | None = None
 ) -> None:
-    """Poll /readyz until the model is loaded; fail early if the process died (`process`, or
-    `exit_code` returning the code of one that has)."""
-    if process is not None:
-        exit_code = process.poll
+    """Poll /readyz until the model is loaded; fail early once `exit_code()` returns the code
+    of a process that died (`Popen.poll`, or the fork server's answer)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = None if exit_code is None else exit_code()
@@ -99,7 +94,7 @@ def service_process(
     process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=ready_timeout, process=process)
+        wait_ready(url, timeout=ready_timeout, exit_code=process.poll)
         yield url, process
     finally:
         if process.poll() is None:
