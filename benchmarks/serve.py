@@ -6,7 +6,8 @@ Starts the service as separate processes on loopback (a 32x32 cnn9 victim): the 
 (uvicorn with uvloop and httptools, orjson) with micro-batching on, the same with batching off,
 and the plain stack (`UVICORN_LOOP=asyncio UVICORN_HTTP=h11`) to measure what uvloop and
 httptools bring. Each repeat runs, one after the other, the in-process batched forward pass
-(with the service's parallelism: as many threads as its model threads, the same torch threads)
+(with the service's parallelism: as many threads as its model threads, the same torch threads,
+the same malloc settings)
 and 32-image requests at concurrency 16 on `/v1/predict` (multipart PNG) and on the v2 binary
 tensor path (UINT8, no image decoding) and on the plain stack: the headline ratios are the
 medians of the per-repeat ratios, so that every ratio compares runs taken seconds apart.
@@ -19,6 +20,12 @@ recommended filter (`VICTIM_OOD_DETECTOR`, a random-weight `defender:cnn5` of th
 right after the unfiltered service with the same 32-image requests; `ood_filter_cost` is
 1 - the median per-repeat ratio of the two (target: at most 25%), and the single-image,
 concurrency-64 point is taken with and without the filter too.
+
+The service's malloc settings (`victim_service/memory.py`: warm working memory) are measured
+the same way: a fourth service runs with glibc's default thresholds (an operator's
+`GLIBC_TUNABLES` turns the service's own settings off) and takes the v1 requests right after
+the first; `working_memory_gain_v1` is the median per-repeat ratio of the two, and every point
+records the service's minor page faults per request.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from shared.device import bf16_supported
 from shared.pipeline import Blackbox
 from victim_service.app import load_blackbox, model_threads
 from victim_service.launch import service_process
+from victim_service.memory import tune_malloc
 from victim_service.settings import VictimSettings
 
 TARGETS = {
@@ -60,13 +68,25 @@ TARGETS = {
 }
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _proc_stat(pid)
+    if fields is None:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def page_faults(pid: int) -> float:
+    """Minor page faults of a process so far (Linux /proc; NaN elsewhere)."""
+    fields = _proc_stat(pid)
+    return float("nan") if fields is None else float(fields[7])
 
 
 def self_cpu_s() -> float:
@@ -98,7 +118,7 @@ def inprocess_capacity(
 
 def load_point(url: str, pid: int, requests, per_request: int, concurrency: int, seconds: float):
     """One closed-loop load run, with the CPU each side spent per request."""
-    service0, client0 = process_cpu_s(pid), self_cpu_s()
+    service0, client0, faults0 = process_cpu_s(pid), self_cpu_s(), page_faults(pid)
     r = asyncio.run(
         generate_load(url, concurrency=concurrency, images_per_request=per_request,
                       duration_s=seconds, requests=requests)
@@ -109,6 +129,7 @@ def load_point(url: str, pid: int, requests, per_request: int, concurrency: int,
         "errors": r.errors, "unanswered": r.unanswered,
         "service_cpu_us_per_request": (process_cpu_s(pid) - service0) / sent * 1e6,
         "loadgen_cpu_us_per_request": (self_cpu_s() - client0) / sent * 1e6,
+        "service_page_faults_per_request": (page_faults(pid) - faults0) / sent,
     }  # fmt: skip
 
 
@@ -135,6 +156,7 @@ def main(
     arch: Annotated[str, typer.Option(help="The victim's architecture")] = "cnn9",
     side: Annotated[int, typer.Option(help="Its input side in pixels (the images sent)")] = 32,
 ) -> None:
+    tune_malloc()  # the service's allocator settings for the in-process reference too
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = throwaway_victim(Path(tmp) / "victim.pt", arch, side=side)
         payloads, images = sample_payloads(512, side), sample_images(512, side)
@@ -145,16 +167,20 @@ def main(
         base = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_MAX_IMAGES": "64"}
         plain = {**base, "UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}
         filtered = {**base, "VICTIM_OOD_DETECTOR": str(throwaway_filter(Path(tmp) / "ood.pt"))}
+        # glibc's default thresholds (an operator's malloc setting turns the service's off)
+        default_malloc = {**base, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
         shapes = {
             "v1": v1_requests(payloads, 32),
             "v2_binary": v2_requests(images, 32),
         }
         samples: dict[str, list[dict]] = {"inprocess": [], "v1": [], "v1_ood_filter": [],
-                                          "v2_binary": [], "v1_plain_stack": []}  # fmt: skip
+                                          "v2_binary": [], "v1_plain_stack": [],
+                                          "v1_glibc_default_malloc": []}  # fmt: skip
         with (
             service_process(base, ready_timeout=300) as (url, proc),
             service_process(plain, ready_timeout=300) as (plain_url, plain_p),
             service_process(filtered, ready_timeout=300) as (ood_url, ood_p),
+            service_process(default_malloc, ready_timeout=300) as (glibc_url, glibc_p),
         ):
             for repeat in range(repeats):
                 point = inprocess_capacity(box, seconds=seconds, threads=threads)
@@ -164,6 +190,9 @@ def main(
                     if name == "v1":  # the filter's price: the same requests, right after
                         samples["v1_ood_filter"].append(
                             load_point(ood_url, ood_p.pid, make, 32, 16, seconds)
+                        )
+                        samples["v1_glibc_default_malloc"].append(
+                            load_point(glibc_url, glibc_p.pid, make, 32, 16, seconds)
                         )
                 samples["v1_plain_stack"].append(
                     load_point(plain_url, plain_p.pid, shapes["v1"], 32, 16, seconds)
@@ -220,6 +249,7 @@ def main(
         "ood_filter_cost_single_c64": 1
         - single["single_c64_microbatch_ood_filter"]["images_per_s"]
         / max(single["single_c64_microbatch"]["images_per_s"], 1e-9),
+        "working_memory_gain_v1": statistics.median(ratios("v1", "v1_glibc_default_malloc")),
         "ood_filter": "defender:cnn5 (fed 32 px, sees 16 px, 210 classes, random) + regression",
         "p99_ms_single_c1": single["single_c1_microbatch"]["p99_ms"],
         "cpu_us_per_request": {
@@ -227,7 +257,17 @@ def main(
                 "service": points[name]["service_cpu_us_per_request"],
                 "loadgen": points[name]["loadgen_cpu_us_per_request"],
             }
-            for name in ("v1", "v1_ood_filter", "v2_binary", "v1_plain_stack")
+            for name in (
+                "v1",
+                "v1_ood_filter",
+                "v2_binary",
+                "v1_plain_stack",
+                "v1_glibc_default_malloc",
+            )
+        },
+        "service_page_faults_per_request": {
+            name: points[name]["service_page_faults_per_request"]
+            for name in ("v1", "v2_binary", "v1_glibc_default_malloc")
         },
         "model_cpu_us_per_32_images": points["inprocess"]["cpu_us_per_image"] * 32,
         "json_encode_us_32_answers": encoder_us(),
@@ -238,6 +278,7 @@ def main(
             "ratio_v2_binary": ratios("v2_binary"),
             "ratio_plain_stack": ratios("v1_plain_stack"),
             "ratio_ood_filter_vs_none": ratios("v1_ood_filter", "v1"),
+            "ratio_v1_vs_glibc_default_malloc": ratios("v1", "v1_glibc_default_malloc"),
             **{f"{k}_images_per_s": [s["images_per_s"] for s in v] for k, v in samples.items()},
         },
         "targets": TARGETS,

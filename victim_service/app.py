@@ -41,7 +41,7 @@ from victim_service.answering import ReadImages, json_response
 from victim_service.batching import MicroBatcher, ServiceStopping
 from victim_service.errors import V2_PREFIX, ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
-from victim_service.memory import limit_malloc_arenas
+from victim_service.memory import tune_malloc
 from victim_service.metrics import ServiceMetrics
 from victim_service.multipart import boundary_of, split_images
 from victim_service.settings import VictimSettings
@@ -105,7 +105,7 @@ Client = Annotated[str, Depends(authenticate)]
 def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None = None) -> FastAPI:
     """The app; `blackbox` when the caller loaded it already (the CLI does, to fail cleanly)."""
     settings = settings or VictimSettings()
-    limit_malloc_arenas()  # before the decoding and model threads start (see memory.py)
+    tune_malloc()  # before the decoding and model threads start (see memory.py)
     metrics = ServiceMetrics(settings.metrics_max_clients)
     limiter = (
         RateLimiter(
