@@ -99,12 +99,17 @@ def check_many_clients(
     max_buckets: int = 10_000,
     max_labels: int = 100,
     max_growth_mib: float | None = 128,
+    prada_clients: int = 1_000,
 ) -> CheckResult:
+    """`clients` distinct clients, a fifth of them (at most 2 x `max_buckets`) as a warm-up that
+    takes every per-client structure past its bound; then the answers, the bounds, and how much
+    the resident memory grew after the warm-up."""
     result = CheckResult("many-clients")
     env = {"VICTIM_CHECKPOINT": str(checkpoint), "VICTIM_DEVICE": "cpu",
            "VICTIM_RATE_LIMIT": "0.01", "VICTIM_RATE_MAX_CLIENTS": str(max_buckets),
            "VICTIM_METRICS_MAX_CLIENTS": str(max_labels), "VICTIM_PRADA_THRESHOLD": "0.9",
-           "VICTIM_PRADA_ACTION": "shuffle"}  # fmt: skip
+           "VICTIM_PRADA_ACTION": "shuffle",
+           "VICTIM_PRADA_MAX_CLIENTS": str(prada_clients)}  # fmt: skip
     env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack (see below)
     statuses: dict[int, int] = {}
     stuck: dict[str, int] = {}
