@@ -16,7 +16,7 @@ from benchmarks.common import sample_images, throwaway_victim
 from benchmarks.loadgen import generate_load, v2_requests
 from benchmarks.serve import page_faults
 from victim_service.launch import service_process
-from victim_service.memory import operator_set_malloc
+from victim_service.memory import operator_set_malloc, tune_malloc
 
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
@@ -55,9 +55,11 @@ def test_working_memory_stays_mapped_between_batches(tmp_path: Path):
     assert faults < 100
 
 
-def test_an_operators_malloc_setting_is_left_alone():
+def test_an_operators_malloc_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch):
     assert operator_set_malloc({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"})
     assert operator_set_malloc({"MALLOC_ARENA_MAX": "4"})
     assert operator_set_malloc({"MALLOC_MMAP_THRESHOLD_": "65536"})
     assert not operator_set_malloc({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"})
     assert not operator_set_malloc({"PATH": "/usr/bin"})
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert tune_malloc() is False  # and this process's malloc is left as it was

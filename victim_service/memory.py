@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Mapping
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -40,12 +41,12 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        return all(bool(libc.mallopt(param, value)) for param, value in settings)
+        return all([bool(libc.mallopt(param, value)) for param, value in settings])
     except (OSError, AttributeError):
         return False
 
 
-def operator_set_malloc(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+def operator_set_malloc(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether the environment already tunes malloc (then the service leaves it alone)."""
     tunables = environ.get("GLIBC_TUNABLES", "")
     return "glibc.malloc." in tunables or any(key.startswith("MALLOC_") for key in environ)
@@ -58,13 +59,12 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 def keep_working_memory() -> bool:
     """Fixed mmap and trim thresholds (see the module); True where glibc took them."""
-    if operator_set_malloc():
-        return False
     return _mallopt((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def tune_malloc() -> None:
-    """The service's malloc settings; call before the decoding and model threads start."""
-    if not operator_set_malloc():
-        limit_malloc_arenas()
-    keep_working_memory()
+def tune_malloc() -> bool:
+    """The service's malloc settings, unless the operator's environment sets malloc's; True
+    where glibc took them. Call before the decoding and model threads start."""
+    if operator_set_malloc():
+        return False
+    return all([limit_malloc_arenas(), keep_working_memory()])
