@@ -21,7 +21,7 @@ environment (`GLIBC_TUNABLES`, `MALLOC_*_`) is left as it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 from collections.abc import Mapping
 
@@ -35,14 +35,23 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 128 << 20
 
 
-def _mallopt(*settings: tuple[int, int]) -> bool:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library this process already runs on (as zygote.py reaches it), looked up once:
+    `ctypes.util.find_library` would run `ldconfig` at every call."""
     try:
-        libc = ctypes.CDLL(name)
-        return all([bool(libc.mallopt(param, value)) for param, value in settings])
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None)
+    except (OSError, TypeError):  # TypeError: Windows has no "this process" handle
+        return None
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    libc = _libc()
+    try:
+        return libc is not None and all(
+            [bool(libc.mallopt(param, value)) for param, value in settings]
+        )
+    except AttributeError:  # no mallopt: not glibc
         return False
 
 
