@@ -82,8 +82,8 @@ class NaturalPool(ImageDataset):
         ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         ch = int(min(h, max(8, round(np.sqrt(area / ratio)))))
         cw = int(min(w, max(8, round(np.sqrt(area * ratio)))))
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        image = Image.fromarray(photo[top : top + ch, left : left + cw])
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        image = self._pictures[int(self.targets[index])].crop((left, top, left + cw, top + ch))
         image = image.resize((self.side, self.side), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             image = ImageOps.mirror(image)
@@ -99,6 +99,12 @@ class NaturalPool(ImageDataset):
         if rng.random() < 0.1:
             image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
         return np.asarray(image, dtype=np.uint8)
+
+    @functools.cached_property
+    def _pictures(self) -> list[Image.Image]:
+        """The photographs as Pillow images, made once: cropping one is a copy of the crop's
+        rows, where `Image.fromarray` of a numpy crop packed every crop again (same pixels)."""
+        return [Image.fromarray(photo) for photo in self.photos]
 
 
 @register("natural")
