@@ -33,7 +33,9 @@ def benign_accuracy(
     clients `keys`; accuracy counts refused images as wrong (a benign user got no answer)."""
     correct = refused = 0
     alarmed: set[str] = set()
-    clients = [httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=120) for key in keys]
+    tls = httpx.create_ssl_context()  # one for all: each client would load the CA bundle
+    clients = [httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=120, verify=tls)
+               for key in keys]  # fmt: skip
     try:
         for i, start in enumerate(range(0, len(images), batch_size)):
             key = keys[i % len(keys)]
