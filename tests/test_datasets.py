@@ -37,6 +37,17 @@ def test_natural_pool_is_deterministic_any_size_and_labelled_by_photo():
     assert a.arrays(16, [1, 2]).shape == (2, 16, 16, 3)
 
 
+def test_the_pools_sklearn_photographs_are_those_load_sample_images_gives():
+    """The pool reads them from scikit-learn's folder without importing it (5 s)."""
+    from sklearn.datasets import load_sample_images
+
+    samples = load_sample_images()
+    photos = bundled_photos()
+    for filename, image in zip(samples.filenames, samples.images, strict=True):
+        assert np.array_equal(photos[Path(filename).stem], image)
+    assert list(photos)[-len(samples.images) :] == ["china", "flower"]
+
+
 @pytest.mark.parametrize(
     ("side", "seed", "digest"),
     [

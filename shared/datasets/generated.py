@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,6 @@ def digits(split: str = "train", image_size: int | None = None, **_: object) -> 
 def bundled_photos() -> dict[str, np.ndarray]:
     """The natural photographs that ship inside scikit-image and scikit-learn (offline)."""
     import skimage.data as sk
-    from sklearn.datasets import load_sample_images
 
     names = [
         "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
@@ -56,10 +56,22 @@ def bundled_photos() -> dict[str, np.ndarray]:
             photos[name] = to_rgb(getattr(sk, name)())
         except Exception:  # a photo that needs a download is simply not part of the pool
             continue
-    samples = load_sample_images()
-    for filename, image in zip(samples.filenames, samples.images, strict=True):
-        photos[Path(filename).stem] = to_rgb(image)
-    return photos
+    return photos | _sklearn_sample_photos()
+
+
+def _sklearn_sample_photos() -> dict[str, np.ndarray]:
+    """scikit-learn's sample photographs (china, flower), read from its package folder as
+    `load_sample_images` reads them, without importing scikit-learn: that import (SciPy
+    with it) took 5 s of every `attacker query --pool natural`, which needs nothing else."""
+    spec = importlib.util.find_spec("sklearn")
+    folder = Path(spec.origin).parent / "datasets" / "images" if spec and spec.origin else None
+    if folder is None or not folder.is_dir():  # laid out otherwise: ask scikit-learn
+        from sklearn.datasets import load_sample_images
+
+        samples = load_sample_images()
+        files = [Path(f) for f in samples.filenames]
+        return {f.stem: to_rgb(image) for f, image in zip(files, samples.images, strict=True)}
+    return {f.stem: to_rgb(np.asarray(Image.open(f))) for f in sorted(folder.glob("*.jpg"))}
 
 
 @dataclass
