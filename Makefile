@@ -14,7 +14,7 @@ $(UV):
 	$(BOOT)/bin/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	touch $@
 
 venv: $(VENV)/.synced
