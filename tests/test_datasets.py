@@ -48,6 +48,21 @@ def test_the_pools_sklearn_photographs_are_those_load_sample_images_gives():
     assert list(photos)[-len(samples.images) :] == ["china", "flower"]
 
 
+def test_the_pools_contrast_is_pillows():
+    from PIL import ImageEnhance
+
+    from shared.datasets.generated import _contrast
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (17, 23, 3), dtype=np.uint8), np.full((8, 8, 3), 200, np.uint8)]
+    images += [rng.integers(lo, lo + 40, (32, 32, 3), dtype=np.uint8) for lo in (0, 100, 215)]
+    for pixels in images:
+        image = Image.fromarray(pixels)
+        for factor in (0.0, 0.6, 1.0, 1.37, 1.8):
+            expected = ImageEnhance.Contrast(image).enhance(factor)
+            assert np.array_equal(np.asarray(_contrast(image, factor)), np.asarray(expected))
+
+
 @pytest.mark.parametrize(
     ("side", "seed", "digest"),
     [

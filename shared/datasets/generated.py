@@ -102,7 +102,7 @@ class NaturalPool(ImageDataset):
         if rng.random() < 0.25:
             image = image.rotate(float(rng.uniform(-30, 30)), Image.Resampling.BILINEAR)
         image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.6, 1.4))
-        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.6, 1.8))
+        image = _contrast(image, rng.uniform(0.6, 1.8))
         image = ImageEnhance.Color(image).enhance(rng.uniform(0.0, 1.6))
         if rng.random() < 0.2:
             image = ImageOps.grayscale(image).convert("RGB")
@@ -117,6 +117,16 @@ class NaturalPool(ImageDataset):
         """The photographs as Pillow images, made once: cropping one is a copy of the crop's
         rows, where `Image.fromarray` of a numpy crop packed every crop again (same pixels)."""
         return [Image.fromarray(photo) for photo in self.photos]
+
+
+def _contrast(image: Image.Image, factor: float) -> Image.Image:
+    """`ImageEnhance.Contrast(image).enhance(factor)` for an RGB image, the same pixels: a blend
+    with the grey image of its rounded mean luminance, here read off the histogram directly
+    (Pillow's `ImageStat` took 40% longer, a tenth of the pool's synthesis)."""
+    histogram = image.convert("L").histogram()
+    mean = sum(level * n for level, n in enumerate(histogram)) / sum(histogram)
+    grey = Image.new("RGB", image.size, (int(mean + 0.5),) * 3)
+    return Image.blend(grey, image, factor)
 
 
 @register("natural")
