@@ -76,6 +76,9 @@ def test_natural_pool_pixels_are_the_committed_results_pixels(side, seed, digest
     pool = load_dataset("natural", size=1000, image_size=side, seed=seed)
     pixels = b"".join(pool.image(i).tobytes() for i in range(0, 1000, 10))
     assert hashlib.sha256(pixels).hexdigest() == digest
+
+
+def test_noise_pool_is_uniform_random_pixels():
     pool = load_dataset("noise", size=20, image_size=32)
     pixels = np.concatenate([pool.image(i).ravel() for i in range(20)])
     assert pixels.min() == 0 and pixels.max() == 255
