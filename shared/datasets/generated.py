@@ -92,14 +92,14 @@ class NaturalPool(ImageDataset):
 
     def _load(self, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, index])
-        photo = self.photos[int(self.targets[index])]
-        h, w = photo.shape[:2]
+        picture = self._pictures[int(self.targets[index])]
+        w, h = picture.size
         area = h * w * rng.uniform(0.005, 0.6)
         ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         ch = int(min(h, max(8, round(np.sqrt(area / ratio)))))
         cw = int(min(w, max(8, round(np.sqrt(area * ratio)))))
         top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        image = self._pictures[int(self.targets[index])].crop((left, top, left + cw, top + ch))
+        image = picture.crop((left, top, left + cw, top + ch))
         image = image.resize((self.side, self.side), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             image = ImageOps.mirror(image)
