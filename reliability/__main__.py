@@ -37,8 +37,10 @@ def _checks(victim: Path, work: Path, quick: bool) -> dict[str, Callable[[], Che
         return open_api
 
     def hostile() -> CheckResult:
-        with service_process({"VICTIM_CHECKPOINT": str(victim), "VICTIM_DEVICE": "cpu"}) as (u, _):
-            return fuzz.check_hostile_images(u, victim, cases=300 if quick else 5000)
+        log = work / "hostile-images-service.log"
+        env = {"VICTIM_CHECKPOINT": str(victim), "VICTIM_DEVICE": "cpu"}
+        with service_process(env, log_file=log) as (u, _):
+            return fuzz.check_hostile_images(u, victim, cases=300 if quick else 5000, log=log)
 
     return {
         "schemathesis": schemathesis_check,

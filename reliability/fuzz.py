@@ -45,9 +45,19 @@ def error_shape_problem(response: httpx.Response) -> str | None:
     return None
 
 
+STRAY = ("libpng", "Traceback")
+"""Log lines that are not the service's own: a library talking, or an unhandled error."""
+
+
 def check_hostile_images(
-    url: str, checkpoint: Path, cases: int = 5000, headers: dict | None = None, seed_: int = 0
+    url: str,
+    checkpoint: Path,
+    cases: int = 5000,
+    headers: dict | None = None,
+    seed_: int = 0,
+    log: Path | None = None,
 ) -> CheckResult:
+    """`log`: the service's stdout and stderr, which must hold no line a library wrote."""
     result = CheckResult("hostile-images")
     statuses: collections.Counter[int] = collections.Counter()
     families: collections.Counter[str] = collections.Counter()
@@ -83,10 +93,13 @@ def check_hostile_images(
     tried = sum(statuses.values())
     result.expect(tried >= cases, f"only {tried} of {cases} cases were sent")
     refused = sum(v for k, v in statuses.items() if 400 <= k < 500)
+    stray = [line for line in log.read_text(errors="replace").splitlines()
+             if any(mark in line for mark in STRAY)] if log is not None else []  # fmt: skip
+    result.expect(not stray, f"the service's log got {len(stray)} stray lines: {stray[:1]}")
     result.figures = {
         "cases": tried, "5xx": sum(v for k, v in statuses.items() if k >= 500),
         "ok_200": statuses[200], "refused_4xx": refused, "families": len(families),
-        "good_after": good,
+        "good_after": good, "stray_log_lines": len(stray) if log is not None else None,
     }  # fmt: skip
     result.details = {"statuses": dict(statuses), "families": dict(families)}
     return result

@@ -105,6 +105,33 @@ def png_chunks(draw) -> tuple[str, bytes]:
 
 
 @st.composite
+def forged_image_data(draw) -> tuple[str, bytes]:
+    """A plain RGB PNG whose compressed image data is forged behind correct CRCs: garbage, too
+    few or too many rows, an unknown row filter, no checksum, or bytes after its end (what made
+    libpng print on the service's stderr before the stream was checked first)."""
+    pixels = draw(arrays(16))
+    h, w = pixels.shape[:2]
+    raw = bytearray(np.concatenate([np.zeros((h, 1), np.uint8), pixels.reshape(h, -1)], 1))
+    kind = draw(st.sampled_from(["garbage", "short", "long", "bad-filter", "no-checksum",
+                                 "trailing-bytes"]))  # fmt: skip
+    if kind == "garbage":
+        stream = draw(st.binary(min_size=1, max_size=512))
+    elif kind == "short":
+        stream = zlib.compress(raw[: draw(st.integers(0, len(raw) - 1))])
+    elif kind == "long":
+        stream = zlib.compress(raw + bytes(draw(st.integers(1, 4 * len(raw)))))
+    elif kind == "bad-filter":
+        raw[draw(st.integers(0, h - 1)) * (1 + 3 * w)] = draw(st.integers(5, 255))
+        stream = zlib.compress(raw)
+    elif kind == "no-checksum":
+        stream = zlib.compress(raw)[: -draw(st.integers(1, 4))]
+    else:
+        stream = zlib.compress(raw) + draw(st.binary(min_size=1, max_size=64))
+    body = png_header(w, h) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    return f"forged-idat:{kind}", body
+
+
+@st.composite
 def jpegs(draw) -> tuple[str, bytes]:
     image = Image.fromarray(draw(arrays(64)))
     progressive = draw(st.booleans())
@@ -181,6 +208,6 @@ def flipped(draw) -> tuple[str, bytes]:
 
 def hostile_images() -> st.SearchStrategy[tuple[str, bytes]]:
     return st.one_of(
-        magic_then_random(), huge_dimensions(), png_chunks(), jpegs(), animated(),
-        modes_and_formats(), exif_rotations(), zero_size(), flipped(),
+        magic_then_random(), huge_dimensions(), png_chunks(), forged_image_data(), jpegs(),
+        animated(), modes_and_formats(), exif_rotations(), zero_size(), flipped(),
     )  # fmt: skip

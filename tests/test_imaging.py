@@ -3,6 +3,7 @@ everything else (other layouts, damaged files, oversized images) to Pillow's che
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from shared import imaging
 from shared.imaging import (
     ImageError,
     ImageTooLargeError,
@@ -103,16 +105,75 @@ def test_damaged_pngs_are_refused_with_a_reason(rgb):
     assert np.array_equal(decode_image(png[:-12]), rgb)
 
 
-def test_damage_behind_correct_checksums_is_refused_too(rgb, capfd):
+FORGERIES = ["garbage", "short", "long", "bad_filter", "no_checksum", "trailing_bytes"]
+
+
+@pytest.mark.parametrize("step", [None, 97])
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_data_forged_behind_correct_checksums_never_reaches_libpng(
+    rgb, capfd, monkeypatch, forgery, step
+):
+    """CRCs protect chunks, not their content: a compressed stream that is garbage, inflates
+    to too few or too many rows, names an unknown row filter, lacks its checksum or has bytes
+    after its end is left to Pillow, which refuses or reads it quietly, where libpng printed
+    "Not enough image data", "bad adaptive filter value"... on the service's stderr. A step of
+    97 bytes inflates in pieces that cut the 121-byte rows anywhere."""
+    if step is not None:
+        monkeypatch.setattr(imaging, "_INFLATE_STEP", step)
     png = encode_image(rgb)
     start = png.index(b"IDAT") - 4
     length = int.from_bytes(png[start : start + 4], "big")
-    garbage = bytes(range(256)) * (length // 256 + 1)
-    forged = png[:start] + chunk(b"IDAT", garbage[:length]) + png[start + 12 + length :]
+    raw = zlib.decompress(png[start + 8 : start + 8 + length])
+    row = 1 + 3 * rgb.shape[1]
+    bad_filter = bytearray(raw)
+    bad_filter[17 * row] = 7
+    stream = {
+        "garbage": (bytes(range(256)) * (length // 256 + 1))[:length],
+        "short": zlib.compress(raw[:-50]),  # ends inside a row
+        "long": zlib.compress(raw + bytes(row)),
+        "bad_filter": zlib.compress(bytes(bad_filter)),
+        "no_checksum": zlib.compress(raw)[:-4],
+        "trailing_bytes": zlib.compress(raw) + b"\0\0",
+    }[forgery]
+    forged = png[:start] + chunk(b"IDAT", stream) + png[start + 12 + length :]
+    capfd.readouterr()
     assert _decode_plain_png(forged, 10**6) is None
-    with pytest.raises(ImageError) as info:
-        decode_image(forged)
-    assert info.value.kind == "corrupt_image"
+    try:
+        pixels = decode_image(forged)
+    except ImageError as exc:
+        assert exc.kind == "corrupt_image"
+    else:  # Pillow needs neither the checksum nor the end of the data
+        assert forgery in ("long", "no_checksum", "trailing_bytes")
+        assert np.array_equal(pixels, rgb)
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(_decode_plain_png(png, 10**6), rgb)  # the true file still goes fast
+
+
+@pytest.mark.parametrize("width, height", [(0, 64), (1_200_000, 1)])
+def test_sides_libpng_warns_about_are_left_to_pillow(capfd, width, height):
+    """A zero width (its 64 rows of one filter byte inflate right) and a width over libpng's
+    default limit of 1,000,000 (1.2 megapixels: under the service's limit)."""
+    raw = bytes(height * (1 + 3 * width))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    capfd.readouterr()
+    assert _decode_plain_png(png, 16_000_000) is None
+    with contextlib.suppress(ImageError):  # Pillow may refuse it: quietly
+        assert decode_image(png).shape == (height, width, 3)
+    assert capfd.readouterr().err == ""
+
+
+def test_image_data_split_over_many_chunks_takes_the_fast_path(rgb, monkeypatch):
+    """Encoders split large images' data over several IDAT chunks; inflated in pieces."""
+    monkeypatch.setattr(imaging, "_INFLATE_STEP", 97)
+    png = encode_image(rgb)
+    start = png.index(b"IDAT") - 4
+    length = int.from_bytes(png[start : start + 4], "big")
+    stream = png[start + 8 : start + 8 + length]
+    pieces = b"".join(chunk(b"IDAT", stream[i : i + 100]) for i in range(0, length, 100))
+    split = png[:start] + pieces + png[start + 12 + length :]
+    assert np.array_equal(_decode_plain_png(split, 10**6), rgb)
 
 
 def test_oversized_png_is_refused_from_its_header_before_decoding():

@@ -63,11 +63,23 @@ def test_schemathesis_finds_nothing_with_and_without_keys(service, victim):
     assert keyed.ok, keyed.failures
 
 
-def test_hostile_images_get_answers_or_clean_refusals(service, victim):
+def test_hostile_images_get_answers_or_clean_refusals(service, victim, capfd):
     result = check_hostile_images(service, victim, cases=150)
     assert result.ok, result.failures
     assert result.figures["5xx"] == 0 and result.figures["good_after"]
     assert result.figures["ok_200"] > 0 and result.figures["refused_4xx"] > 0
+    assert result.details["families"]["forged-idat"] > 0
+    # the service runs in this process: nothing it decoded may have printed on stderr
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_a_library_writing_the_service_log_fails_the_check(service, victim, tmp_path):
+    log = tmp_path / "service.log"
+    log.write_text("INFO: started\nlibpng error: Not enough image data\n")
+    result = check_hostile_images(service, victim, cases=5, log=log)
+    assert not result.ok and "1 stray lines" in result.failures[0]
+    log.write_text("INFO: started\n")
+    assert check_hostile_images(service, victim, cases=5, log=log).ok
 
 
 def test_formats_outside_the_list_are_not_parsed():
