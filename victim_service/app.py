@@ -41,6 +41,7 @@ from victim_service.answering import ReadImages, json_response
 from victim_service.batching import MicroBatcher, ServiceStopping
 from victim_service.errors import V2_PREFIX, ApiError, install_error_handlers
 from victim_service.limits import BodySizeLimitMiddleware, RateLimiter
+from victim_service.logs import log_like_uvicorn
 from victim_service.memory import tune_malloc
 from victim_service.metrics import ServiceMetrics
 from victim_service.multipart import boundary_of, split_images
@@ -106,6 +107,7 @@ def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None
     """The app; `blackbox` when the caller loaded it already (the CLI does, to fail cleanly)."""
     settings = settings or VictimSettings()
     tune_malloc()  # before the decoding and model threads start (see memory.py)
+    log_like_uvicorn()  # a defense's warning at load, in the server's format
     metrics = ServiceMetrics(settings.metrics_max_clients)
     limiter = (
         RateLimiter(
