@@ -46,8 +46,9 @@ def error_shape_problem(response: httpx.Response) -> str | None:
 
 
 UVICORN_LINE = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL):\s")
-"""How uvicorn's loggers begin a line. Any other line in the log of a service without
-defenses is stray: a C library talking on stderr (libpng, libjpeg), or a traceback."""
+"""How uvicorn's loggers begin a line, and the service's own (`victim_service/logs.py`). Any
+other line in a service's log is stray: a C library talking on stderr (libpng, libjpeg), or a
+traceback."""
 
 
 def check_hostile_images(
@@ -58,8 +59,7 @@ def check_hostile_images(
     seed_: int = 0,
     log: Path | None = None,
 ) -> CheckResult:
-    """`log`: the service's stdout and stderr (a service without defenses, whose only logger
-    is uvicorn's), which must hold no line that uvicorn's loggers did not write."""
+    """`log`: the service's stdout and stderr, which must hold no line but its loggers'."""
     result = CheckResult("hostile-images")
     statuses: collections.Counter[int] = collections.Counter()
     families: collections.Counter[str] = collections.Counter()
