@@ -51,6 +51,11 @@ other line in a service's log is stray: a C library talking on stderr (libpng, l
 traceback."""
 
 
+def stray_lines(log_text: str) -> list[str]:
+    """The non-blank lines of a service's output that its loggers did not write."""
+    return [line for line in log_text.splitlines() if line.strip() and not UVICORN_LINE.match(line)]
+
+
 def check_hostile_images(
     url: str,
     checkpoint: Path,
@@ -95,8 +100,7 @@ def check_hostile_images(
     tried = sum(statuses.values())
     result.expect(tried >= cases, f"only {tried} of {cases} cases were sent")
     refused = sum(v for k, v in statuses.items() if 400 <= k < 500)
-    lines = log.read_text(errors="replace").splitlines() if log is not None else []
-    stray = [line for line in lines if line.strip() and not UVICORN_LINE.match(line)]
+    stray = stray_lines(log.read_text(errors="replace")) if log is not None else []
     result.expect(not stray, f"the service's log got {len(stray)} stray lines: {stray[:1]}")
     result.figures = {
         "cases": tried, "5xx": sum(v for k, v in statuses.items() if k >= 500),

@@ -35,6 +35,19 @@ def chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
+def image_data_span(png: bytes) -> tuple[int, int]:
+    """Where a one-IDAT PNG's IDAT chunk starts (its length field) and its data's length."""
+    start = png.index(b"IDAT") - 4
+    return start, int.from_bytes(png[start : start + 4], "big")
+
+
+def with_image_data(png: bytes, *streams: bytes) -> bytes:
+    """The PNG with its IDAT chunk replaced by one IDAT per stream, each with a correct CRC."""
+    start, length = image_data_span(png)
+    body = b"".join(chunk(b"IDAT", stream) for stream in streams)
+    return png[:start] + body + png[start + 12 + length :]
+
+
 def with_chunk(png: bytes, extra: bytes) -> bytes:
     """The PNG with a chunk inserted right after IHDR (8-byte signature + 25-byte IHDR)."""
     return png[:33] + extra + png[33:]
@@ -121,8 +134,7 @@ def test_data_forged_behind_correct_checksums_never_reaches_libpng(
     if step is not None:
         monkeypatch.setattr(imaging, "_INFLATE_STEP", step)
     png = encode_image(rgb)
-    start = png.index(b"IDAT") - 4
-    length = int.from_bytes(png[start : start + 4], "big")
+    start, length = image_data_span(png)
     raw = zlib.decompress(png[start + 8 : start + 8 + length])
     row = 1 + 3 * rgb.shape[1]
     bad_filter = bytearray(raw)
@@ -135,7 +147,7 @@ def test_data_forged_behind_correct_checksums_never_reaches_libpng(
         "no_checksum": zlib.compress(raw)[:-4],
         "trailing_bytes": zlib.compress(raw) + b"\0\0",
     }[forgery]
-    forged = png[:start] + chunk(b"IDAT", stream) + png[start + 12 + length :]
+    forged = with_image_data(png, stream)
     capfd.readouterr()
     assert _decode_plain_png(forged, 10**6) is None
     try:
@@ -168,11 +180,10 @@ def test_image_data_split_over_many_chunks_takes_the_fast_path(rgb, monkeypatch)
     """Encoders split large images' data over several IDAT chunks; inflated in pieces."""
     monkeypatch.setattr(imaging, "_INFLATE_STEP", 97)
     png = encode_image(rgb)
-    start = png.index(b"IDAT") - 4
-    length = int.from_bytes(png[start : start + 4], "big")
+    start, length = image_data_span(png)
     stream = png[start + 8 : start + 8 + length]
-    pieces = b"".join(chunk(b"IDAT", stream[i : i + 100]) for i in range(0, length, 100))
-    split = png[:start] + pieces + png[start + 12 + length :]
+    split = with_image_data(png, *(stream[i : i + 100] for i in range(0, length, 100)))
+    assert split.count(b"IDAT") > 1
     assert np.array_equal(_decode_plain_png(split, 10**6), rgb)
 
 
