@@ -1,10 +1,11 @@
 """Write a transfer set as an ImageFolder-like tree plus a JSON of answers, for other tools.
 
 `<out>/images/<victim label>/<position>_<pool index>.png` holds the exact images the victim saw
-(same bytes, same sha256 as sent); `<out>/answers.json` holds the run and, per image, the answer
-as the API returned it. Folder names are the victim's label indices, zero-padded so that sorting
-them keeps their order; only labels that occur get a folder, so an ImageFolder's own class index
-can differ from the victim's: use the `label` in answers.json for that.
+(the same pixels, `pixels_sha256`; the same bytes as sent, `sha256`, where they were PNG made
+by this machine's encoder or stored); `<out>/answers.json` holds the run and, per image, the
+answer as the API returned it. Folder names are the victim's label indices, zero-padded so that
+sorting them keeps their order; only labels that occur get a folder, so an ImageFolder's own
+class index can differ from the victim's: use the `label` in answers.json for that.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attacker.store import iter_queries, load_run, open_store
-from attacker.transfer import sent_payloads
+from attacker.transfer import image_format, sent_payloads
 from shared.errors import TestbedError
 from shared.imaging import encode_image
 
@@ -36,7 +37,7 @@ def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> Ex
     with factory() as session:
         run = load_run(session, run_id)
         queries = list(iter_queries(session, run.id))
-        fmt = (run.params or {}).get("image_format", "png")
+        fmt = image_format(run)
         # a file per image: the bytes sent when they were PNG, else (v2's raw pixels) as PNG
         files = [
             data if fmt == "png" else encode_image(image, "png")
@@ -59,6 +60,7 @@ def export_run(db: str | Path, out: str | Path, run_id: int | None = None) -> Ex
                 "pool_index": query.pool_index,
                 "reference": query.reference,
                 "sha256": query.sha256,
+                "pixels_sha256": query.pixels_sha256,
                 "file": relative.as_posix(),
                 "label": query.label,
                 "answer": query.answer,

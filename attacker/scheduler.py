@@ -80,14 +80,15 @@ async def query_loop(
 
     async def send(batch: _Batch, missing: list[int]) -> _Batch:
         indices = [batch.indices[batch.positions.index(p)] for p in missing]
-        images, payloads, hashes = await asyncio.to_thread(prepare, source, indices)
+        images, payloads, hashes, pixels = await asyncio.to_thread(prepare, source, indices)
         if config.protocol == "v2":
             answers, latency_ms = await client.infer_timed(images)
         else:
             answers, latency_ms = await client.predict_timed(payloads)
         now = utcnow()
         rows = []
-        for position, index, digest, answer in zip(missing, indices, hashes, answers, strict=True):
+        sent = zip(missing, indices, hashes, pixels, answers, strict=True)
+        for position, index, digest, pixels_sha256, answer in sent:
             try:
                 label = parse_answer(answer, run.num_outputs).label
             except AnswerError as exc:
@@ -99,6 +100,7 @@ async def query_loop(
                     pool_index=index,
                     reference=source.reference(index),
                     sha256=digest,
+                    pixels_sha256=pixels_sha256,
                     answer=answer,
                     label=label,
                     latency_ms=latency_ms,

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from attacker.store import Run, read_blobs, sent_image
+from attacker.store import Run, pixels_digest, read_blobs, sent_image
 from shared.datasets import ImageDataset
 from shared.imaging import decode_image, encode_image
 
@@ -64,7 +64,9 @@ class BlobSource:
 
 def prepare(
     source: ImageSource, indices: Sequence[int]
-) -> tuple[np.ndarray, list[bytes], list[str]]:
-    """The images as sent, their bytes and their sha256 (run off the event loop)."""
+) -> tuple[np.ndarray, list[bytes], list[str], list[str]]:
+    """The images as sent, their bytes, the bytes' sha256 and the pixels' digest (run off the
+    event loop)."""
     images, payloads = source.payloads(indices)
-    return images, payloads, [hashlib.sha256(p).hexdigest() for p in payloads]
+    digests = [hashlib.sha256(p).hexdigest() for p in payloads]
+    return images, payloads, digests, [pixels_digest(image) for image in images]

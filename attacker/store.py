@@ -98,6 +98,9 @@ class Query(Base):
     """Reloadable: `pool#index` for generated pools, the file path for folders."""
     sha256: Mapped[str] = mapped_column(String(64))
     """Hash of the exact bytes sent."""
+    pixels_sha256: Mapped[str | None] = mapped_column(String(64))
+    """`pixels_digest` of the image sent: what the victim saw, whatever encoder made the bytes
+    (None in runs stored before it existed)."""
     answer: Mapped[dict[str, Any]] = mapped_column(JSON)
     label: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
@@ -129,6 +132,20 @@ class PlannedImage(Base):
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
 
 
+ADDED_COLUMNS = {("queries", "pixels_sha256"): "VARCHAR(64)"}
+"""Nullable columns a database from an older version gains in place when opened."""
+
+
+def pixels_digest(image: np.ndarray) -> str:
+    """sha256 of an (H, W, 3) uint8 image's shape and pixels. A PNG's bytes also depend on the
+    compressor that made them (zlib-ng's output differs by version and CPU, by design), so a
+    run is checked against the pixels it sent, not only against its bytes."""
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    digest = hashlib.sha256("x".join(map(str, pixels.shape)).encode() + b":")
+    digest.update(memoryview(pixels).cast("B"))
+    return digest.hexdigest()
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -145,6 +162,7 @@ def open_store(path: str | Path) -> sessionmaker[Session]:
     engine: Engine = create_engine(f"sqlite:///{path}", json_serializer=json.dumps)
     event.listen(engine, "connect", _sqlite_pragmas)
     _check_schema(engine, path)
+    _add_columns(engine)
     Base.metadata.create_all(engine)  # adds the tables a database from an older version lacks
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -156,6 +174,7 @@ def _check_schema(engine: Engine, path: Path) -> None:
         for table in Base.metadata.sorted_tables:
             if table.name in tables:
                 have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+                have |= {column for t, column in ADDED_COLUMNS if t == table.name}
                 if missing := sorted(set(table.columns.keys()) - have):
                     raise TestbedError(
                         f"{path} is a transfer set from an incompatible version: table "
@@ -165,6 +184,17 @@ def _check_schema(engine: Engine, path: Path) -> None:
         raise  # locked, read-only, disk full: the caller says what it could not do
     except DatabaseError as exc:
         raise TestbedError(f"{path} is not a transfer-set database ({exc.orig})") from None
+
+
+def _add_columns(engine: Engine) -> None:
+    """Give an existing table the nullable columns added since it was made (`ADDED_COLUMNS`)."""
+    tables = set(inspect(engine).get_table_names())
+    with engine.begin() as connection:
+        for (table, column), kind in ADDED_COLUMNS.items():
+            if table in tables:
+                have = {c["name"] for c in inspect(connection).get_columns(table)}
+                if column not in have:
+                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def store_blobs(session: Session, data: list[bytes]) -> list[str]:

@@ -19,6 +19,7 @@ from attacker.store import (
     load_pool,
     load_run,
     open_store,
+    pixels_digest,
     read_blobs,
     sent_image,
 )
@@ -69,9 +70,7 @@ def load_transfer_set(
         answers = [_parse(q, num_classes) for q in queries]
         if hard_labels:
             mode, answers = "label", [Answer(a.num_outputs, a.label) for a in answers]
-        images = np.stack(
-            [resize(image, size) for image, _ in sent_payloads(session, run, queries)]
-        )
+        images = np.stack([resize(image, size) for image in sent_images(session, run, queries)])
         info = {"id": run.id, "victim_url": run.victim_url, "pool": run.pool,
                 "strategy": run.strategy, "budget": run.budget, "seed": run.seed}  # fmt: skip
     targets = torch.from_numpy(np.stack([np.stack(a.target()) for a in answers]).astype(np.float32))
@@ -118,20 +117,34 @@ def _parse(query: Query, num_classes: int) -> Answer:
 def sent_payloads(
     session: Session, run: Run, queries: list[Query]
 ) -> Iterator[tuple[np.ndarray, bytes]]:
-    """(image, bytes) as sent for each query, checked against the sha256 stored when it was
-    sent: rebuilt from the pool, or read from the blob table for synthetic images (JBDA)."""
+    """(image, bytes) for each query: the stored bytes of synthetic images (JBDA), else the pool
+    image, checked against what was sent (`check_sent`), in the run's format as encoded here:
+    the very bytes sent unless another PNG encoder sent them."""
     if uses_blobs(run):
         blobs = read_blobs(session, [q.sha256 for q in queries])
         for query in queries:
             yield decode_image(blobs[query.sha256]), blobs[query.sha256]
         return
-    pool = load_pool(run)
-    fmt = (run.params or {}).get("image_format", "png")
+    fmt = image_format(run)
+    for image in _pool_images(run, queries):
+        yield image, encode_image(image, fmt)
+
+
+def sent_images(session: Session, run: Run, queries: list[Query]) -> Iterator[np.ndarray]:
+    """The pixels sent for each query, checked against what was stored when it was sent."""
+    if uses_blobs(run):
+        for image, _ in sent_payloads(session, run, queries):
+            yield image
+    else:
+        yield from _pool_images(run, queries)
+
+
+def _pool_images(run: Run, queries: list[Query]) -> Iterator[np.ndarray]:
+    pool, fmt = load_pool(run), image_format(run)
     for query in queries:
         image = sent_image(run, pool, query.pool_index)
-        data = encode_image(image, fmt)
-        check_sent(query, data)
-        yield image, data
+        check_sent(query, image, fmt)
+        yield image
 
 
 def uses_blobs(run: Run) -> bool:
@@ -139,13 +152,36 @@ def uses_blobs(run: Run) -> bool:
     return (run.params or {}).get("images") == "blobs"
 
 
-def check_sent(query: Query, data: bytes) -> None:
-    """Refuse an image whose bytes are not what was sent at that position (the pool changed)."""
-    if hashlib.sha256(data).hexdigest() != query.sha256:
+def image_format(run: Run) -> str:
+    """How the run's images were sent: `png` (/v1) or `raw` pixels (/v2)."""
+    return (run.params or {}).get("image_format", "png")
+
+
+def check_sent(query: Query, image: np.ndarray, fmt: str) -> None:
+    """Refuse a pool image that is not what was sent at that position (the pool changed).
+
+    The pixels are compared where the run stored their digest, so a transfer set gathered on
+    one machine trains on another whose PNG encoder compresses differently; older rows can only
+    be compared by the bytes the encoder here makes."""
+    if query.pixels_sha256 is not None:
+        if pixels_digest(image) == query.pixels_sha256:
+            return
         raise TestbedError(
             f"pool image {query.pool_index} no longer matches what was sent at position "
-            f"{query.position} (sha256 differs): the pool changed since the run"
+            f"{query.position} (its pixels differ): the pool changed since the run"
         )
+    if hashlib.sha256(encode_image(image, fmt)).hexdigest() == query.sha256:
+        return
+    encoder = (
+        ", or this machine's PNG encoder compresses differently from the one that sent it (the "
+        "run predates pixel digests, so only the bytes can be compared)"
+        if fmt == "png"
+        else ""
+    )
+    raise TestbedError(
+        f"pool image {query.pool_index} no longer matches what was sent at position "
+        f"{query.position} (sha256 differs): the pool changed since the run{encoder}"
+    )
 
 
 def _infer_classes(answer: dict) -> int:

@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 from attacker.cli import app as cli
 from attacker.client import RetryPolicy
 from attacker.query import QueryConfig, run_query
-from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
+from attacker.store import (
+    iter_queries,
+    load_pool,
+    load_run,
+    open_store,
+    pixels_digest,
+    sent_image,
+)
 from benchmarks.common import throwaway_victim
 from shared.imaging import encode_image
 from tests.servers import (
@@ -73,6 +80,7 @@ def test_exact_budget_reloadable_images_and_a_complete_rerun(service, tmp_path):
     for row in rows[::50]:
         sent = encode_image(sent_image(run, pool, row.pool_index))
         assert hashlib.sha256(sent).hexdigest() == row.sha256
+        assert pixels_digest(sent_image(run, pool, row.pool_index)) == row.pixels_sha256
         assert row.reference == f"natural#{row.pool_index}"
         assert len(row.answer["probabilities"]) == 10 and row.latency_ms > 0
     again = run_query(config)

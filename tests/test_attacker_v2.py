@@ -19,7 +19,14 @@ from typer.testing import CliRunner
 from attacker.cli import app as cli
 from attacker.export import export_run
 from attacker.query import QueryConfig, run_query
-from attacker.store import iter_queries, load_pool, load_run, open_store, sent_image
+from attacker.store import (
+    iter_queries,
+    load_pool,
+    load_run,
+    open_store,
+    pixels_digest,
+    sent_image,
+)
 from benchmarks.common import throwaway_victim
 from shared.checkpoint import load_checkpoint
 from tests.servers import ROOT, free_port, running_service
@@ -71,8 +78,9 @@ def test_v2_run_stores_what_a_v1_run_stores(victim, tmp_path, binary):
         assert run.params["image_format"] == "raw" and run.params["protocol"] == "v2"
         pool = load_pool(run)
         for q in iter_queries(session, run.id):  # the hash is that of the pixels sent
-            pixels = sent_image(run, pool, q.pool_index).tobytes()
-            assert hashlib.sha256(pixels).hexdigest() == q.sha256
+            image = sent_image(run, pool, q.pool_index)
+            assert hashlib.sha256(image.tobytes()).hexdigest() == q.sha256
+            assert pixels_digest(image) == q.pixels_sha256
     exported = export_run(tmp_path / "v2.sqlite", tmp_path / "export")
     assert exported.images == 24
     assert next((tmp_path / "export").rglob("*.png")).read_bytes()[:4] == b"\x89PNG"

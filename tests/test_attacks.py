@@ -18,7 +18,7 @@ from attacker.attacks import ATTACKS, Target, make_attack
 from attacker.attacks.jbda import jacobian_augment, round_span, seed_set, step_size
 from attacker.cli import app as cli
 from attacker.export import export_run
-from attacker.store import Blob, PlannedImage, Query, Run, open_store
+from attacker.store import Blob, PlannedImage, Query, Run, open_store, pixels_digest
 from attacker.transfer import load_transfer_set
 from benchmarks.common import throwaway_victim
 from shared.errors import TestbedError, UnknownNameError
@@ -129,6 +129,7 @@ def test_jbda_through_the_service_killed_and_resumed(tmp_path):
     assert [r.position for r in rows] == list(range(80))
     assert all(plan[r.position] == r.sha256 for r in rows)  # what was sent is what was planned
     assert all(hashlib.sha256(blobs[r.sha256]).hexdigest() == r.sha256 for r in rows)
+    assert all(pixels_digest(decode_image(blobs[r.sha256])) == r.pixels_sha256 for r in rows)
     assert len(blobs) == len({r.sha256 for r in rows})  # deduplicated
     # round 1 steps each seed image by lambda = 0.1 (26 of 255) at most, pixel by pixel
     for child, parent in ((20, 0), (27, 7), (39, 19)):
@@ -149,10 +150,13 @@ def test_an_old_database_gains_the_blob_tables_and_an_incompatible_one_is_refuse
     with sqlite3.connect(db) as conn:
         conn.execute("drop table planned_images")
         conn.execute("drop table blobs")
-    open_store(db)  # a database from before blobs: upgraded in place
+        conn.execute("alter table queries drop column pixels_sha256")
+    open_store(db)  # a database from before blobs and pixel digests: upgraded in place
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        columns = {r[1] for r in conn.execute("pragma table_info(queries)")}
     assert {"blobs", "planned_images", "runs", "queries"} <= tables
+    assert "pixels_sha256" in columns
     with sqlite3.connect(db) as conn:
         conn.execute("alter table queries drop column sha256")
     with pytest.raises(TestbedError, match="incompatible version: table queries lacks sha256"):
