@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint format bench venv clean compose-check reliability
+.PHONY: demo test lint format bench venv clean compose-check compat-check reliability
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -32,6 +32,11 @@ test: venv
 # network (loopback only); prints recovery=<x> seconds=<y>. Needs docker (root or the docker group).
 compose-check:
 	scripts/compose-check.sh
+
+# Not part of `make test`: the test suite on the GPU machine's torch 2.11 and torchvision 0.26 (a
+# second environment in .compat/, installed from the registry); ARGS go to pytest.
+compat-check: $(UV)
+	scripts/compat-check.sh $(ARGS)
 
 # Fuzzing, load, many clients, faults and access (issue 12): longer than `make test`, not in it.
 reliability: venv
