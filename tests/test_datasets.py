@@ -1,6 +1,8 @@
 import hashlib
 import struct
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from PIL import Image
 
 from shared.datasets import bundled_photos, dataset_names, load_dataset
+from shared.datasets.generated import NATURAL_CACHE, ImageCache
 from shared.errors import MissingDataError, TestbedError, UnknownNameError
 
 
@@ -35,6 +38,30 @@ def test_natural_pool_is_deterministic_any_size_and_labelled_by_photo():
     assert a.targets.min() >= 0 and a.targets.max() < len(a.classes)
     assert a.reference(7) == "natural#7"
     assert a.arrays(16, [1, 2]).shape == (2, 16, 16, 3)
+
+
+def test_natural_images_are_made_once_while_they_stay_in_a_bounded_cache():
+    pool = load_dataset("natural", size=60, image_size=32, seed=5)
+    assert pool.cache is NATURAL_CACHE
+    made = []
+    cache = ImageCache(max_bytes=10 * 32 * 32 * 3)  # ten images
+    cached = replace(pool, cache=cache)
+    original = cached._make
+    cached._make = lambda index: made.append(index) or original(index)
+    uncached = replace(pool, cache=None)
+    first = [cached.image(i) for i in range(20)]
+    assert all(np.array_equal(image, uncached.image(i)) for i, image in enumerate(first))
+    assert made == list(range(20)) and len(cache) == 10  # bounded by bytes
+    assert cached.image(19) is first[19] and made == list(range(20))  # recent: not made again
+    again = cached.image(0)  # the oldest went out: made again, the same pixels
+    assert made[-1] == 0 and again is not first[0] and np.array_equal(again, first[0])
+    assert not again.flags.writeable  # shared images cannot be changed by one reader
+    with ThreadPoolExecutor(4) as threads:  # threads asking for the same images at once
+        images = list(threads.map(cached.image, [i % 30 for i in range(120)]))
+    assert all(np.array_equal(image, uncached.image(i % 30)) for i, image in enumerate(images))
+    assert len(cache) <= 10
+    other = replace(pool, seed=pool.seed + 2, cache=cache)  # another pool, the same cache
+    assert not np.array_equal(other.image(25), cached.image(25))
 
 
 def test_the_pools_sklearn_photographs_are_those_load_sample_images_gives():

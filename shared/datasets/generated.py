@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,19 +81,66 @@ def _sklearn_sample_photos() -> dict[str, np.ndarray]:
     return photos
 
 
+class ImageCache:
+    """The most recently made images, up to `max_bytes`, shared by threads and read-only.
+
+    A process that queries a seeded pool then reads the same images back (the transfer set for
+    each budget it trains at, checked against what was sent): the budget experiment's quick run
+    made 17,600 natural images of 5,029 distinct ones, 51 s of its 111 s."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            image = self._images.get(key)
+            if image is not None:
+                self._images.move_to_end(key)
+                return image
+        image = make()  # outside the lock: threads make different images at once
+        image.setflags(write=False)
+        with self._lock:
+            if key not in self._images:
+                self._images[key] = image
+                self._bytes += image.nbytes
+                while self._bytes > self.max_bytes:
+                    self._bytes -= self._images.popitem(last=False)[1].nbytes
+        return image
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
+NATURAL_CACHE = ImageCache(max_bytes=128 * 2**20)
+"""The `natural` pools' images in this process: 10,900 images at 64 px, 43,600 at 32 px."""
+
+
 @dataclass
 class NaturalPool(ImageDataset):
     """Seeded random crops, scales, flips and colour changes of the bundled photographs.
 
     Image `i` depends only on (seed, i), so any index can be regenerated later. The label of an
-    image is the photograph it was cut from: the pool's own (attacker-known) classes.
+    image is the photograph it was cut from: the pool's own (attacker-known) classes. Images are
+    read-only; with a `cache` they are made once per process while they stay in it.
     """
 
     seed: int = 0
     side: int = 64
     photos: list[np.ndarray] = field(default_factory=list)
+    cache: ImageCache | None = field(default=None, repr=False, compare=False)
+    """Keyed by (seed, side, photograph, index): only pools of the same photographs may share
+    one (`natural()` gives its pools, all of the bundled photographs, `NATURAL_CACHE`)."""
 
     def _load(self, index: int) -> np.ndarray:
+        if self.cache is None:
+            return self._make(index)
+        key = (self.seed, self.side, int(self.targets[index]), index)
+        return self.cache.get(key, lambda: self._make(index))
+
+    def _make(self, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, index])
         picture = self._pictures[int(self.targets[index])]
         w, h = picture.size
@@ -153,6 +203,7 @@ def natural(
         seed=split_seed,
         side=image_size or 64,
         photos=list(photos.values()),
+        cache=NATURAL_CACHE,
     )
 
 
