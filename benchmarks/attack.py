@@ -47,6 +47,7 @@ from benchmarks.common import machine, pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
 from shared.datasets import load_dataset
+from shared.datasets.generated import NATURAL_CACHE
 from shared.imaging import encode_image, resize
 from victim_service.launch import service_process
 
@@ -87,6 +88,9 @@ def measure(
             concurrency=args.concurrency, batch_size=args.batch_size, pool_size=budget,
             pool_image_size=32, progress=False, protocol=protocol,
         )  # fmt: skip
+        # a run makes each pool image once; the images made for the load generator, or by an
+        # earlier run of the same seed, must not come free from the process's cache
+        NATURAL_CACHE.clear()
         service0, client0 = process_cpu_s(pid), self_cpu_s()
         result = run_query(config)
         if not result.complete:

@@ -60,6 +60,8 @@ def test_natural_images_are_made_once_while_they_stay_in_a_bounded_cache():
         images = list(threads.map(cached.image, [i % 30 for i in range(120)]))
     assert all(np.array_equal(image, uncached.image(i % 30)) for i, image in enumerate(images))
     assert len(cache) <= 10
+    cache.clear()
+    assert len(cache) == 0 and cached.image(19) is not first[19]
     other = replace(pool, seed=pool.seed + 2, cache=cache)  # another pool, the same cache
     assert not np.array_equal(other.image(25), cached.image(25))
 
