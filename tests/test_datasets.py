@@ -275,6 +275,43 @@ def test_tiny_imagenet_parts_and_their_words(tmp_path: Path, monkeypatch):
     assert attacker.class_groups == {"cat": [0, 1], "goldfish": [2]}
 
 
+@pytest.mark.parametrize("filters", [True, False], ids=["data-filter", "before-3.11.4"])
+def test_an_archive_that_writes_outside_its_folder_or_is_damaged_is_refused(
+    filters: bool, tmp_path: Path, monkeypatch
+):
+    if not filters:  # Debian 12's Python 3.11.2 has no tarfile.data_filter
+        monkeypatch.delattr(tarfile, "data_filter")
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data))
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(cache))
+    payload = tmp_path / "payload.txt"
+    payload.write_text("written by an archive")
+    with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(payload, arcname="cifar10/test/a/ok.txt")
+        tar.add(payload, arcname="../../escaped.txt")
+    with pytest.raises(TestbedError, match=r"cifar10-jpeg.tar.gz cannot be unpacked: .*escaped"):
+        load_dataset("cifar10-jpeg", "test")
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert [p.name for p in (cache / "extracted").iterdir()] == ["cifar10-jpeg.lock"]
+    with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:  # a link out of the folder
+        link = tarfile.TarInfo("cifar10/test/a/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(TestbedError, match="cannot be unpacked: .*link"):
+        load_dataset("cifar10-jpeg", "test")
+    whole = tmp_path / "whole.tar.gz"
+    _write_tree(tmp_path / "src" / "cifar10" / "test")
+    with tarfile.open(whole, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10", arcname="cifar10")
+    (data / "cifar10-jpeg.tar.gz").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(TestbedError, match="cannot be unpacked"):  # cut short in transfer
+        load_dataset("cifar10-jpeg", "test")
+    assert [p.name for p in (cache / "extracted").iterdir()] == ["cifar10-jpeg.lock"]
+    (data / "cifar10-jpeg.tar.gz").write_bytes(whole.read_bytes())
+    assert len(load_dataset("cifar10-jpeg", "test")) == 6  # the whole archive unpacks
+
+
 @pytest.mark.parametrize(
     "name", ["cifar10-jpeg", "tiny-imagenet-attacker", "tiny-imagenet-defender"]
 )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tarfile
+import zipfile
+import zlib
 from pathlib import Path
 
 from shared.datasets.base import FileDataset
 from shared.datasets.imagefolder import read_tree
 from shared.datasets.registry import register
-from shared.errors import MissingDataError
+from shared.errors import MissingDataError, TestbedError
 from shared.paths import data_settings
 
 
@@ -28,7 +31,6 @@ def extracted_archive(archive_name: str) -> Path:
             f"TESTBED_DATA_DIR at the folder that holds it (see ../shared/data/README.md)."
         )
     from filelock import FileLock
-    from torchvision.datasets.utils import extract_archive
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # one process unpacks, the others wait and take its folder: without the lock, a second
@@ -38,11 +40,40 @@ def extracted_archive(archive_name: str) -> Path:
             return target
         partial = target.with_name(f"{stem}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        extract_archive(str(archive), str(partial))
+        try:
+            unpack(archive, partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         (partial / ".complete").write_text(hashlib.sha256(archive.name.encode()).hexdigest())
         shutil.rmtree(target, ignore_errors=True)
         partial.replace(target)
     return target
+
+
+def unpack(archive: Path, folder: Path) -> None:
+    """Unpack a .tar.gz, .tgz or .zip into `folder`, refusing in one line an archive that is
+    damaged or would write outside the folder (absolute names, `..`, links out of it)."""
+    try:
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as zipped:  # zipfile drops `..` and leading slashes
+                zipped.extractall(folder)
+            return
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(folder, filter="data")
+            else:  # Pythons before 3.11.4 (Debian 12's 3.11.2) have no extraction filters
+                for member in tar.getmembers():
+                    _refuse_outside(member, folder)
+                tar.extractall(folder)  # every member checked above
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise TestbedError(f"dataset archive {archive} cannot be unpacked: {exc}") from None
+
+
+def _refuse_outside(member: tarfile.TarInfo, folder: Path) -> None:
+    inside = (folder / member.name).resolve().is_relative_to(folder.resolve())
+    if not inside or member.issym() or member.islnk() or member.isdev():
+        raise tarfile.TarError(f"{member.name!r} is a link, a device or outside the folder")
 
 
 @register("cifar10-jpeg")
