@@ -276,6 +276,7 @@ def test_tiny_imagenet_parts_and_their_words(tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.parametrize("filters", [True, False], ids=["data-filter", "before-3.11.4"])
+@pytest.mark.filterwarnings("ignore:Python 3.14 will, by default, filter:DeprecationWarning")
 def test_an_archive_that_writes_outside_its_folder_or_is_damaged_is_refused(
     filters: bool, tmp_path: Path, monkeypatch
 ):

@@ -13,15 +13,20 @@ def test_requests_never_answered_are_counted_and_the_run_ends():
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal answered
-            await reader.readuntil(b"\r\n\r\n")  # the head; the one-byte body follows
-            await reader.readexactly(1)
-            if answered < 3:  # answer the first three requests, then go silent
-                answered += 1
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                await writer.drain()
-                await handle(reader, writer)
-            else:
-                await asyncio.sleep(30)
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")  # the head; a one-byte body follows
+                    await reader.readexactly(1)
+                    if answered == 3:  # the first three requests answered: silent until the
+                        await reader.read()  # client hangs up (Python 3.12.1's server waits
+                        return  # for every connection to close before it exits)
+                    answered += 1
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    await writer.drain()
+            except asyncio.IncompleteReadError:
+                return  # the client closed between requests
+            finally:
+                writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
