@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from attacker.store import iter_queries, load_run, open_store
-from attacker.transfer import image_format, sent_payloads
+from attacker.store import image_format, iter_queries, load_run, open_store
+from attacker.transfer import sent_payloads
 from shared.errors import TestbedError
 from shared.imaging import encode_image
 

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from attacker.store import Run, pixels_digest, read_blobs, sent_image
+from attacker.store import Run, image_format, pixels_digest, read_blobs, sent_image
 from shared.datasets import ImageDataset
 from shared.imaging import decode_image, encode_image
 
@@ -36,7 +36,7 @@ class PoolSource:
 
     def __init__(self, run: Run, pool: ImageDataset) -> None:
         self.run, self.pool = run, pool
-        self.format = (run.params or {}).get("image_format", IMAGE_FORMAT)
+        self.format = image_format(run)
 
     def payloads(self, indices: Sequence[int]) -> tuple[np.ndarray, list[bytes]]:
         images = np.stack([sent_image(self.run, self.pool, i) for i in indices])

@@ -245,6 +245,12 @@ def sent_image(run: Run, pool: ImageDataset, pool_index: int) -> np.ndarray:
     return resize(image, int(size)) if size else image
 
 
+def image_format(run: Run) -> str:
+    """How the run's images were sent: `png` (/v1, and every run from before the parameter) or
+    `raw` pixels (/v2)."""
+    return (run.params or {}).get("image_format", "png")
+
+
 def load_run(session: Session, run_id: int | None = None) -> Run:
     """A run by id, or the latest one."""
     if run_id is not None:

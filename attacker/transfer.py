@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from attacker.store import (
     Query,
     Run,
+    image_format,
     iter_queries,
     load_pool,
     load_run,
@@ -125,26 +126,32 @@ def sent_payloads(
         for query in queries:
             yield decode_image(blobs[query.sha256]), blobs[query.sha256]
         return
-    fmt = image_format(run)
-    for image in _pool_images(run, queries):
-        yield image, encode_image(image, fmt)
+    yield from _pool_payloads(run, queries, with_bytes=True)
 
 
 def sent_images(session: Session, run: Run, queries: list[Query]) -> Iterator[np.ndarray]:
     """The pixels sent for each query, checked against what was stored when it was sent."""
-    if uses_blobs(run):
-        for image, _ in sent_payloads(session, run, queries):
-            yield image
-    else:
-        yield from _pool_images(run, queries)
+    payloads = (
+        sent_payloads(session, run, queries)
+        if uses_blobs(run)
+        else _pool_payloads(run, queries, with_bytes=False)
+    )
+    for image, _ in payloads:
+        yield image
 
 
-def _pool_images(run: Run, queries: list[Query]) -> Iterator[np.ndarray]:
+def _pool_payloads(
+    run: Run, queries: list[Query], with_bytes: bool
+) -> Iterator[tuple[np.ndarray, bytes | None]]:
+    """(image, its bytes in the run's format or None) for each pool query, checked; an image
+    is encoded at most once: when the caller wants its bytes, or its row can only be checked
+    by them."""
     pool, fmt = load_pool(run), image_format(run)
     for query in queries:
         image = sent_image(run, pool, query.pool_index)
-        check_sent(query, image, fmt)
-        yield image
+        data = encode_image(image, fmt) if with_bytes or query.pixels_sha256 is None else None
+        check_sent(query, image, data, fmt)
+        yield image, data
 
 
 def uses_blobs(run: Run) -> bool:
@@ -152,17 +159,12 @@ def uses_blobs(run: Run) -> bool:
     return (run.params or {}).get("images") == "blobs"
 
 
-def image_format(run: Run) -> str:
-    """How the run's images were sent: `png` (/v1) or `raw` pixels (/v2)."""
-    return (run.params or {}).get("image_format", "png")
-
-
-def check_sent(query: Query, image: np.ndarray, fmt: str) -> None:
+def check_sent(query: Query, image: np.ndarray, data: bytes | None, fmt: str) -> None:
     """Refuse a pool image that is not what was sent at that position (the pool changed).
 
     The pixels are compared where the run stored their digest, so a transfer set gathered on
     one machine trains on another whose PNG encoder compresses differently; older rows can only
-    be compared by the bytes the encoder here makes."""
+    be compared by the bytes the encoder here makes (`data`, which `_pool_payloads` gives them)."""
     if query.pixels_sha256 is not None:
         if pixels_digest(image) == query.pixels_sha256:
             return
@@ -170,7 +172,7 @@ def check_sent(query: Query, image: np.ndarray, fmt: str) -> None:
             f"pool image {query.pool_index} no longer matches what was sent at position "
             f"{query.position} (its pixels differ): the pool changed since the run"
         )
-    if hashlib.sha256(encode_image(image, fmt)).hexdigest() == query.sha256:
+    if data is not None and hashlib.sha256(data).hexdigest() == query.sha256:
         return
     encoder = (
         ", or this machine's PNG encoder compresses differently from the one that sent it (the "
