@@ -1,4 +1,5 @@
-"""The benchmarks' load generator ends and counts a request the service never answers."""
+"""The benchmarks' load generator: its rate is the service's, and it ends and counts a request
+the service never answers."""
 
 from __future__ import annotations
 
@@ -47,3 +48,42 @@ def test_requests_never_answered_are_counted_and_the_run_ends():
     result = asyncio.run(scenario())
     assert result.unanswered == 2  # each worker's last request, then the worker stopped
     assert result.sent == 3 and result.requests == 3 and result.errors == 0
+
+
+def test_the_rate_counts_every_answer_inside_the_window():
+    """A server answering each request after 250 ms serves 4 requests/s per connection. With
+    4 workers, a 0.1-s warm-up and a 1-s window, answers land at 0.25, 0.5, 0.75 and 1.0 s on
+    each connection: 16 inside the window. Counting only requests that also started inside it
+    gives 12 (the one in flight at the window's start is lost): a rate 25% short."""
+
+    async def scenario():
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    await reader.readexactly(1)
+                    await asyncio.sleep(0.25)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await generate_load(
+                f"http://127.0.0.1:{port}",
+                concurrency=4,
+                images_per_request=2,
+                duration_s=1.0,
+                warmup_s=0.1,
+                requests=lambda i: ("/v1/predict", b"x", {}),
+            )
+
+    result = asyncio.run(scenario())
+    # 16 answers; 15 if the machine delays one connection's fourth answer by over 25 ms
+    assert result.requests in (15, 16), result
+    assert result.images_per_s == result.requests * 2 / 1.0
+    assert result.errors == 0 and result.unanswered == 0
