@@ -200,6 +200,8 @@ def decode_with_pillow(data: bytes, max_pixels: int = 16_000_000) -> np.ndarray:
                     f"over the limit of {max_pixels}"
                 )
             image.load()
+            if image.format == "PNG":
+                _check_png_data(data)
             if image.mode != "RGB":  # convert() copies even an RGB image
                 image = image.convert("RGB")
             return np.asarray(image, dtype=np.uint8)
@@ -213,6 +215,56 @@ def decode_with_pillow(data: bytes, max_pixels: int = 16_000_000) -> np.ndarray:
         raise ImageTooLargeError(f"the image is a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("corrupt_image", f"the image is corrupt or truncated: {exc}") from None
+
+
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""Samples per pixel of each PNG colour type: grey, RGB, palette, grey-alpha, RGBA."""
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))  # fmt: skip
+"""The interlaced passes: first column, first row, column step, row step."""
+
+
+def png_data_bytes(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
+    """How many bytes a PNG's image data inflates to (each row led by its filter byte)."""
+    bits = depth * _CHANNELS.get(colour, 1)
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if interlace == 0:
+        return rows(width, height)
+    return sum(
+        rows(-(-(width - x) // dx) if width > x else 0, -(-(height - y) // dy) if height > y else 0)
+        for x, y, dx, dy in _ADAM7
+    )
+
+
+def _check_png_data(data: bytes) -> None:
+    """Refuse a PNG whose image data stops short of the rows its header declares. Pillow reads
+    such a file without a word, the missing rows black, whenever the compressed stream itself
+    ends properly; the service would then answer for pixels nobody sent. (Data beyond the last
+    row is ignored, as every reader does.) Run after Pillow decoded the file, so its header
+    and chunks are known to be sound."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    need = png_data_bytes(width, height, depth, colour, interlace)
+    inflater, seen, position = zlib.decompressobj(), 0, 8
+    while position + 8 <= len(data) and seen < need and not inflater.eof:
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            tail = data[position + 8 : position + 8 + length]
+            while tail and seen < need and not inflater.eof:
+                seen += len(inflater.decompress(tail, min(_INFLATE_STEP, need - seen)))
+                tail = inflater.unconsumed_tail
+        position += 12 + length
+    if seen < need:
+        raise ImageError(
+            "corrupt_image",
+            f"the image is truncated: its PNG image data inflates to {seen} of the {need} "
+            f"bytes its {width}x{height} header needs",
+        )
 
 
 def resize(array: np.ndarray, size: int) -> np.ndarray:

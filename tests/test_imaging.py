@@ -187,6 +187,58 @@ def test_image_data_split_over_many_chunks_takes_the_fast_path(rgb, monkeypatch)
     assert np.array_equal(_decode_plain_png(split, 10**6), rgb)
 
 
+def interlaced_png(rgb: np.ndarray, passes: int = 7) -> bytes:
+    """An Adam7-interlaced 8-bit RGB PNG of the image, by hand (Pillow writes none), keeping
+    the first `passes` passes' data; rows unfiltered."""
+    height, width = rgb.shape[:2]
+    raw = b"".join(
+        b"".join(b"\0" + row.tobytes() for row in rgb[y::dy, x::dx])
+        for x, y, dx, dy in imaging._ADAM7[:passes]
+        if width > x and height > y
+    )
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    return png + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_image_data_sizes_follow_the_png_specification():
+    """Hand-counted: 24 rows of 1 + 3 x 40 bytes; 3 rows of 1 + ceil(10 / 8) bytes at 1 bit;
+    an interlaced 3x3 grey image's passes 1 and 4-7 hold 1, 1, 2, 2 and 3 pixels in rows of
+    1 + 1, 1 + 1, 1 + 2, 1 + 1 (two rows) and 1 + 3 bytes."""
+    assert imaging.png_data_bytes(40, 24, 8, 2, 0) == 24 * 121
+    assert imaging.png_data_bytes(10, 3, 1, 0, 0) == 3 * 3
+    assert imaging.png_data_bytes(3, 3, 8, 0, 1) == 2 + 2 + 3 + 2 * 2 + 4
+    assert imaging.png_data_bytes(40, 24, 16, 6, 0) == 24 * (1 + 8 * 40)
+    assert imaging.png_data_bytes(0, 5, 8, 2, 0) == 0
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "interlaced"])
+def test_png_data_short_by_whole_rows_is_refused(rgb, mode, capfd):
+    """Pillow reads a PNG whose compressed stream ends properly but holds fewer rows than its
+    header declares, the rest black, without a word: the service would have answered for
+    pixels nobody sent. Refused now, whatever the layout; the whole file still decodes."""
+    if mode == "interlaced":
+        whole, short = interlaced_png(rgb), interlaced_png(rgb, passes=6)
+        assert np.array_equal(decode_image(whole), rgb)  # Pillow de-interlaces it right
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).convert(mode).save(buffer, format="PNG")
+        whole = buffer.getvalue()
+        start, length = image_data_span(whole)
+        raw = zlib.decompress(whole[start + 8 : start + 8 + length])
+        row = len(raw) // rgb.shape[0]
+        short = with_image_data(whole, zlib.compress(raw[: 20 * row]))  # 20 of 24 rows
+    with Image.open(io.BytesIO(short)) as image:  # what Pillow alone makes of it
+        image.load()
+    capfd.readouterr()
+    with pytest.raises(ImageError) as info:
+        decode_image(short)
+    assert info.value.kind == "corrupt_image" and "truncated" in str(info.value)
+    assert "header needs" in str(info.value)
+    assert capfd.readouterr().err == ""
+    decode_image(whole)
+
+
 def test_oversized_png_is_refused_from_its_header_before_decoding():
     header = b"\x89PNG\r\n\x1a\n" + chunk(
         b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
