@@ -6,8 +6,10 @@ import asyncio
 import base64
 import io
 import re
+import struct
 import subprocess
 import sys
+import zlib
 
 import httpx
 import numpy as np
@@ -148,8 +150,24 @@ def _truncated_jpeg(ds) -> bytes:
     return full[: len(full) // 2]
 
 
+def _png_short_by_rows(ds) -> bytes:
+    """A PNG whose image data, properly compressed and checksummed, holds half its rows:
+    Pillow alone reads it with the rest black."""
+    png = _png(ds, 0)
+    height = int.from_bytes(png[20:24], "big")
+    start = png.index(b"IDAT") - 4
+    length = int.from_bytes(png[start : start + 4], "big")
+    raw = zlib.decompress(png[start + 8 : start + 8 + length])
+    stream = zlib.compress(raw[: height // 2 * (len(raw) // height)])
+    idat = struct.pack(">I", len(stream)) + b"IDAT" + stream
+    idat += struct.pack(">I", zlib.crc32(b"IDAT" + stream))
+    return png[:start] + idat + png[start + 12 + length :]
+
+
 REFUSALS = [
     ("bomb", lambda ds: _files([_bomb()]), 413, "image_too_large", 0),
+    ("short-rows", lambda ds: _files([_png(ds, 0), _png_short_by_rows(ds)]), 400, "corrupt_image",
+     1),
     ("truncated", lambda ds: _files([_png(ds, 0), _truncated_jpeg(ds)], "image/jpeg"), 400,
      "corrupt_image", 1),
     ("empty", lambda ds: _files([_png(ds, 0), _png(ds, 1), b""]), 400, "empty_image", 2),
