@@ -4,48 +4,61 @@ the service never answers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
-from benchmarks.loadgen import generate_load
+from benchmarks.loadgen import LoadResult, generate_load
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
 
-def test_requests_never_answered_are_counted_and_the_run_ends():
-    async def scenario():
-        answered = 0
+def load_against(handle: Handler, **options: object) -> LoadResult:
+    """`generate_load` with one-byte bodies against a loopback server answering by `handle`."""
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal answered
-            try:
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")  # the head; a one-byte body follows
-                    await reader.readexactly(1)
-                    if answered == 3:  # the first three requests answered: silent until the
-                        await reader.read()  # client hangs up (Python 3.12.1's server waits
-                        return  # for every connection to close before it exits)
-                    answered += 1
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    await writer.drain()
-            except asyncio.IncompleteReadError:
-                return  # the client closed between requests
-            finally:
-                writer.close()
-
+    async def scenario() -> LoadResult:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
             return await asyncio.wait_for(
                 generate_load(
                     f"http://127.0.0.1:{port}",
-                    concurrency=2,
-                    images_per_request=1,
-                    duration_s=5,
-                    warmup_s=0,
                     requests=lambda i: ("/v1/predict", b"x", {}),
-                    answer_timeout_s=0.5,
+                    **options,  # type: ignore[arg-type]
                 ),
                 timeout=10,
             )
 
-    result = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+async def read_request(reader: asyncio.StreamReader) -> None:
+    await reader.readuntil(b"\r\n\r\n")  # the head; a one-byte body follows
+    await reader.readexactly(1)
+
+
+def test_requests_never_answered_are_counted_and_the_run_ends():
+    answered = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        try:
+            while True:
+                await read_request(reader)
+                if answered == 3:  # the first three requests answered: silent until the
+                    await reader.read()  # client hangs up (Python 3.12.1's server waits
+                    return  # for every connection to close before it exits)
+                answered += 1
+                writer.write(OK)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            return  # the client closed between requests
+        finally:
+            writer.close()
+
+    result = load_against(
+        handle, concurrency=2, images_per_request=1, duration_s=5, warmup_s=0,
+        answer_timeout_s=0.5,
+    )  # fmt: skip
     assert result.unanswered == 2  # each worker's last request, then the worker stopped
     assert result.sent == 3 and result.requests == 3 and result.errors == 0
 
@@ -56,33 +69,20 @@ def test_the_rate_counts_every_answer_inside_the_window():
     each connection: 16 inside the window. Counting only requests that also started inside it
     gives 12 (the one in flight at the window's start is lost): a rate 25% short."""
 
-    async def scenario():
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")
-                    await reader.readexactly(1)
-                    await asyncio.sleep(0.25)
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            finally:
-                writer.close()
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.25)
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            return await generate_load(
-                f"http://127.0.0.1:{port}",
-                concurrency=4,
-                images_per_request=2,
-                duration_s=1.0,
-                warmup_s=0.1,
-                requests=lambda i: ("/v1/predict", b"x", {}),
-            )
-
-    result = asyncio.run(scenario())
+    result = load_against(handle, concurrency=4, images_per_request=2, duration_s=1.0,
+                          warmup_s=0.1)  # fmt: skip
     # 16 answers; 15 if the machine delays one connection's fourth answer by over 25 ms
     assert result.requests in (15, 16), result
     assert result.images_per_s == result.requests * 2 / 1.0
