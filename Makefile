@@ -22,11 +22,22 @@ venv: $(VENV)/.synced
 demo: venv
 	$(VENV)/bin/scenarios demo $(ARGS)
 
-test: venv
+lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+
+test: lint
 	$(VENV)/bin/pytest -q
+
+# Not part of `make test`: issue 13's two speed benchmarks, serving then querying (about 9 min
+# on 2 cores at REPEATS=5), their JSON in runs/bench/ (ignored: copy a run worth keeping to
+# results/bench/).
+REPEATS ?= 5
+bench: venv
+	mkdir -p runs/bench
+	$(VENV)/bin/python -m benchmarks.serve --repeats $(REPEATS) --json runs/bench/serve.json
+	$(VENV)/bin/python -m benchmarks.attack --repeats $(REPEATS) --json runs/bench/attack.json
 
 # Not part of `make test`: builds the image and runs docker-compose.yml end to end on the host
 # network (loopback only); prints recovery=<x> seconds=<y>. Needs docker (root or the docker group).
