@@ -256,8 +256,13 @@ def _check_png_data(data: bytes) -> None:
         if kind == b"IDAT":
             tail = data[position + 8 : position + 8 + length]
             while tail and seen < need and not inflater.eof:
-                seen += len(inflater.decompress(tail, min(_INFLATE_STEP, need - seen)))
-                tail = inflater.unconsumed_tail
+                try:  # Pillow inflated these bytes already; zlib refusing them is no crash
+                    piece = inflater.decompress(tail, min(_INFLATE_STEP, need - seen))
+                except zlib.error:
+                    break
+                if not piece and inflater.unconsumed_tail == tail:
+                    break  # no progress
+                seen, tail = seen + len(piece), inflater.unconsumed_tail
         position += 12 + length
     if seen < need:
         raise ImageError(

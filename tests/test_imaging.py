@@ -239,6 +239,24 @@ def test_png_data_short_by_whole_rows_is_refused(rgb, mode, capfd):
     decode_image(whole)
 
 
+def test_the_row_check_turns_a_zlib_refusal_into_a_refusal_of_the_image(rgb, monkeypatch):
+    """Pillow decoded the data first, so zlib should never refuse it in the check; were it to,
+    the client gets `corrupt_image`, not a 500."""
+
+    class Refusing:
+        eof, unconsumed_tail = False, b""
+
+        def decompress(self, data: bytes, max_length: int) -> bytes:
+            raise zlib.error("invalid stored block lengths")
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert("L").save(buffer, format="PNG")  # the Pillow path
+    monkeypatch.setattr(imaging.zlib, "decompressobj", Refusing)
+    with pytest.raises(ImageError) as info:
+        decode_image(buffer.getvalue())
+    assert info.value.kind == "corrupt_image"
+
+
 def test_oversized_png_is_refused_from_its_header_before_decoding():
     header = b"\x89PNG\r\n\x1a\n" + chunk(
         b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
