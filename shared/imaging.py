@@ -233,10 +233,7 @@ def png_data_bytes(width: int, height: int, depth: int, colour: int, interlace: 
 
     if interlace == 0:
         return rows(width, height)
-    return sum(
-        rows(-(-(width - x) // dx) if width > x else 0, -(-(height - y) // dy) if height > y else 0)
-        for x, y, dx, dy in _ADAM7
-    )
+    return sum(rows(len(range(x, width, dx)), len(range(y, height, dy))) for x, y, dx, dy in _ADAM7)
 
 
 def _check_png_data(data: bytes) -> None:
