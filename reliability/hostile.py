@@ -28,7 +28,8 @@ MODES = ["RGB", "RGBA", "L", "LA", "P", "PA", "1", "I", "I;16", "F", "CMYK", "YC
 SAVE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO"]
 
 
-def _chunk(kind: bytes, data: bytes, length: int | None = None) -> bytes:
+def png_chunk(kind: bytes, data: bytes, length: int | None = None) -> bytes:
+    """One PNG chunk, its CRC right; `length` makes its length field lie."""
     size = len(data) if length is None else length
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", size) + kind + data + struct.pack(">I", crc)
@@ -40,9 +41,12 @@ def _bomb() -> bytes:
     return zlib.compress(bytes(20_000_000), 9)
 
 
-def png_header(width: int, height: int, depth: int = 8, colour: int = 2) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return MAGIC["png"] + _chunk(b"IHDR", ihdr)
+def png_header(
+    width: int, height: int, depth: int = 8, colour: int = 2, interlace: int = 0
+) -> bytes:
+    """The signature and IHDR of a PNG (8-bit RGB unless told)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return MAGIC["png"] + png_chunk(b"IHDR", ihdr)
 
 
 def _save(image: Image.Image, fmt: str, **options) -> bytes:
@@ -71,7 +75,8 @@ def huge_dimensions(draw) -> tuple[str, bytes]:
     h = draw(st.integers(0, 2**31 - 1))
     kind = draw(st.sampled_from(["png", "gif", "bmp", "jpeg"]))
     if kind == "png":
-        body = png_header(w, h) + _chunk(b"IDAT", zlib.compress(bytes(64))) + _chunk(b"IEND", b"")
+        image_data = png_chunk(b"IDAT", zlib.compress(bytes(64)))
+        body = png_header(w, h) + image_data + png_chunk(b"IEND", b"")
     elif kind == "gif":
         body = MAGIC["gif"] + struct.pack("<HHBBB", w & 0xFFFF, h & 0xFFFF, 0, 0, 0) + b";"
     elif kind == "bmp":
@@ -92,15 +97,15 @@ def png_chunks(draw) -> tuple[str, bytes]:
     head, rest = good[:33], good[33:]
     kind = draw(st.sampled_from(["many", "lying-length", "ztxt-bomb", "huge-text", "iccp-bomb"]))
     if kind == "many":
-        extra = _chunk(b"tEXt", b"k\x00v") * draw(st.integers(100, 20_000))
+        extra = png_chunk(b"tEXt", b"k\x00v") * draw(st.integers(100, 20_000))
     elif kind == "lying-length":
-        extra = _chunk(b"tEXt", b"k\x00v", length=draw(st.integers(2**20, 2**32 - 1)))
+        extra = png_chunk(b"tEXt", b"k\x00v", length=draw(st.integers(2**20, 2**32 - 1)))
     elif kind == "ztxt-bomb":
-        extra = _chunk(b"zTXt", b"k\x00\x00" + _bomb())
+        extra = png_chunk(b"zTXt", b"k\x00\x00" + _bomb())
     elif kind == "iccp-bomb":
-        extra = _chunk(b"iCCP", b"p\x00\x00" + _bomb())
+        extra = png_chunk(b"iCCP", b"p\x00\x00" + _bomb())
     else:
-        extra = _chunk(b"tEXt", b"k\x00" + b"v" * draw(st.integers(1, 4_000_000)))
+        extra = png_chunk(b"tEXt", b"k\x00" + b"v" * draw(st.integers(1, 4_000_000)))
     return f"png-chunks:{kind}", head + extra + rest
 
 
@@ -127,7 +132,7 @@ def forged_image_data(draw) -> tuple[str, bytes]:
         stream = zlib.compress(raw)[: -draw(st.integers(1, 4))]
     else:
         stream = zlib.compress(raw) + draw(st.binary(min_size=1, max_size=64))
-    body = png_header(w, h) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    body = png_header(w, h) + png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
     return f"forged-idat:{kind}", body
 
 
@@ -187,7 +192,7 @@ def zero_size(draw) -> tuple[str, bytes]:
     w, h = draw(st.sampled_from([(0, 0), (0, 7), (7, 0)]))
     kind = draw(st.sampled_from(["png", "gif", "bmp"]))
     if kind == "png":
-        return "zero:png", png_header(w, h) + _chunk(b"IEND", b"")
+        return "zero:png", png_header(w, h) + png_chunk(b"IEND", b"")
     if kind == "gif":
         return "zero:gif", MAGIC["gif"] + struct.pack("<HHBBB", w, h, 0, 0, 0) + b";"
     info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 0, 0, 0, 0)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from reliability.hostile import png_chunk, png_header
 from shared import imaging
 from shared.imaging import (
     ImageError,
@@ -31,10 +32,6 @@ def pillow_pixels(data: bytes) -> np.ndarray:
     return reference
 
 
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def image_data_span(png: bytes) -> tuple[int, int]:
     """Where a one-IDAT PNG's IDAT chunk starts (its length field) and its data's length."""
     start = png.index(b"IDAT") - 4
@@ -44,7 +41,7 @@ def image_data_span(png: bytes) -> tuple[int, int]:
 def with_image_data(png: bytes, *streams: bytes) -> bytes:
     """The PNG with its IDAT chunk replaced by one IDAT per stream, each with a correct CRC."""
     start, length = image_data_span(png)
-    body = b"".join(chunk(b"IDAT", stream) for stream in streams)
+    body = b"".join(png_chunk(b"IDAT", stream) for stream in streams)
     return png[:start] + body + png[start + 12 + length :]
 
 
@@ -73,7 +70,7 @@ def test_files_with_other_chunks_go_to_pillow_and_nothing_reaches_stderr(rgb, ca
     about such profiles, common in photographs): Pillow decodes them, the same pixels, and
     the service's logs stay clean."""
     png = encode_image(rgb)
-    gamma = with_chunk(png, chunk(b"gAMA", struct.pack(">I", 100000)))
+    gamma = with_chunk(png, png_chunk(b"gAMA", struct.pack(">I", 100000)))
     info = PngImagePlugin.PngInfo()
     info.add_text("comment", "hello")
     buffer = io.BytesIO()
@@ -96,7 +93,7 @@ def test_other_layouts_are_left_to_pillow(rgb, mode):
 
 def test_transparency_and_16_bit_samples_are_left_to_pillow(rgb):
     png = encode_image(rgb)
-    transparent = with_chunk(png, chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0)))
+    transparent = with_chunk(png, png_chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0)))
     assert _decode_plain_png(transparent, 10**6) is None
     assert np.array_equal(decode_image(transparent), pillow_pixels(transparent))
     buffer = io.BytesIO()
@@ -166,9 +163,8 @@ def test_sides_libpng_warns_about_are_left_to_pillow(capfd, width, height):
     """A zero width (its 64 rows of one filter byte inflate right) and a width over libpng's
     default limit of 1,000,000 (1.2 megapixels: under the service's limit)."""
     raw = bytes(height * (1 + 3 * width))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    png = png_header(width, height)
+    png += png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
     capfd.readouterr()
     assert _decode_plain_png(png, 16_000_000) is None
     with contextlib.suppress(ImageError):  # Pillow may refuse it: quietly
@@ -196,9 +192,8 @@ def interlaced_png(rgb: np.ndarray, passes: int = 7) -> bytes:
         for x, y, dx, dy in imaging._ADAM7[:passes]
         if width > x and height > y
     )
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-    return png + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    png = png_header(width, height, interlace=1)
+    return png + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
 
 
 def test_image_data_sizes_follow_the_png_specification():
@@ -258,10 +253,8 @@ def test_the_row_check_turns_a_zlib_refusal_into_a_refusal_of_the_image(rgb, mon
 
 
 def test_oversized_png_is_refused_from_its_header_before_decoding():
-    header = b"\x89PNG\r\n\x1a\n" + chunk(
-        b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
-    )
-    data = header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    header = png_header(50_000, 50_000)
+    data = header + png_chunk(b"IDAT", zlib.compress(b"")) + png_chunk(b"IEND", b"")
     assert _decode_plain_png(data, 16_000_000) is None
     with pytest.raises(ImageTooLargeError):
         decode_image(data, max_pixels=16_000_000)

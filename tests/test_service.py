@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import re
-import struct
 import subprocess
 import sys
 import zlib
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reliability.hostile import png_chunk, png_header
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
@@ -151,17 +151,13 @@ def _truncated_jpeg(ds) -> bytes:
 
 
 def _png_short_by_rows(ds) -> bytes:
-    """A PNG whose image data, properly compressed and checksummed, holds half its rows:
-    Pillow alone reads it with the rest black."""
-    png = _png(ds, 0)
-    height = int.from_bytes(png[20:24], "big")
-    start = png.index(b"IDAT") - 4
-    length = int.from_bytes(png[start : start + 4], "big")
-    raw = zlib.decompress(png[start + 8 : start + 8 + length])
-    stream = zlib.compress(raw[: height // 2 * (len(raw) // height)])
-    idat = struct.pack(">I", len(stream)) + b"IDAT" + stream
-    idat += struct.pack(">I", zlib.crc32(b"IDAT" + stream))
-    return png[:start] + idat + png[start + 12 + length :]
+    """A PNG whose image data, properly compressed and checksummed, holds half its rows
+    (unfiltered): Pillow alone reads it with the rest black."""
+    pixels = ds.image(0)
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels[: height // 2])
+    idat = png_chunk(b"IDAT", zlib.compress(raw))
+    return png_header(width, height) + idat + png_chunk(b"IEND", b"")
 
 
 REFUSALS = [
