@@ -151,6 +151,9 @@ def train(
     weights: str | None = typer.Option(None, help="'imagenet' or a local weights file"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
+    keep: str = typer.Option(
+        KNOCKOFF.keep, help="The weights kept: 'best' on the held-out answers, or 'last'"
+    ),
     victim: Path | None = typer.Option(
         None, help="With --budgets: a victim checkpoint to evaluate each knockoff against"
     ),
@@ -161,7 +164,7 @@ def train(
 
     options = KnockoffOptions(
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weights=weights,
-        balance=balance, seed=seed, device=device,
+        balance=balance, seed=seed, device=device, keep=keep,
     )  # fmt: skip
     sizes = [int(b) for b in budgets.split(",")] if budgets else [budget]
     results = train_budgets(db, sizes, options, out, run)

@@ -14,6 +14,7 @@ class KnockoffDefaults:
     lr: float = 0.05
     val_fraction: float = 0.1
     pad: int = 2
+    keep: str = "best"
 
 
 KNOCKOFF = KnockoffDefaults()

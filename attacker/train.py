@@ -19,6 +19,9 @@ from shared.errors import TestbedError
 from shared.models import Classifier, create_model
 from shared.training import TrainConfig, dataset_stats, fit
 
+KEEP = ("best", "last")
+"""The knockoff's kept weights: the epoch best on the validation split, or the final one."""
+
 
 def content_order(transfer: TransferSet) -> np.ndarray:
     """The rows sorted by content: by the image's pixels, then (for the same image asked twice)
@@ -66,6 +69,10 @@ class KnockoffOptions:
     val_fraction: float = KNOCKOFF.val_fraction
     pad: int = KNOCKOFF.pad
     flip: bool = False
+    keep: str = KNOCKOFF.keep
+    """Which weights the knockoff keeps: `best`, those of the epoch best on the validation split
+    (held-out answers: the attacker has no test data), or `last`, the final epoch's. On a split
+    of a few dozen answers the best epoch is mostly noise (see `scenarios.experiments.scale`)."""
     min_steps: int = 0
     """Train for at least this many optimizer steps, adding epochs on small transfer sets: a
     fixed epoch count gives 1,000 answers a tenth of the steps of 10,000, and a knockoff that
@@ -102,6 +109,8 @@ def train_knockoff(
     n = len(transfer.images)
     if n < 10:
         raise TestbedError(f"a transfer set of {n} answers is too small to train on")
+    if options.keep not in KEEP:
+        raise TestbedError(f"keep must be one of {', '.join(KEEP)}, not {options.keep!r}")
     device = resolve_device(options.device)
     rng = np.random.default_rng(options.seed)
     order = content_order(transfer)[rng.permutation(n)]
@@ -119,7 +128,7 @@ def train_knockoff(
         epochs=epochs_for(len(train_idx), options), batch_size=options.batch_size,
         lr=options.lr, pad=options.pad,
         flip=options.flip, seed=options.seed, amp=options.amp, progress=options.progress,
-        description=f"knockoff {options.arch} ({n} queries)",
+        description=f"knockoff {options.arch} ({n} queries)", keep_best=options.keep == "best",
     )  # fmt: skip
     result = fit(
         model, transfer.images[train_idx], transfer.targets[train_idx],

@@ -32,8 +32,8 @@ def demo(
     strategy: str | None = typer.Option(None, help="random | adaptive"),
     knockoff_arch: str | None = typer.Option(None),
     knockoff_epochs: int | None = typer.Option(None),
-    knockoff_min_steps: int | None = typer.Option(
-        None, help="Train each knockoff for at least this many steps [default: 1000]"
+    knockoff_keep: str | None = typer.Option(
+        None, help="The knockoff's weights kept: 'best' on its held-out answers, or 'last'"
     ),
     balance: bool | None = typer.Option(None, "--balance/--no-balance"),
     seed: int | None = typer.Option(None),
@@ -46,8 +46,8 @@ def demo(
     config = make_preset(
         preset, victim_dataset=victim_dataset, victim_arch=victim_arch, pool=pool,
         pool_size=pool_size, budget=budget, output=output, strategy=strategy,
-        knockoff_arch=knockoff_arch, knockoff_epochs=knockoff_epochs, balance=balance,
-        seed=seed, out=out,
+        knockoff_arch=knockoff_arch, knockoff_epochs=knockoff_epochs,
+        knockoff_keep=knockoff_keep, balance=balance, seed=seed, out=out,
     )  # fmt: skip
     run_demo(config, say=typer.echo)
 
@@ -140,6 +140,9 @@ def audit(
     knockoff_min_steps: int | None = typer.Option(
         None, help="Train each knockoff for at least this many steps [default: 1000]"
     ),
+    knockoff_keep: str = typer.Option(
+        "best", help="The knockoff's weights kept: 'best' on its held-out answers, or 'last'"
+    ),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("results/audit"), help="Report folder"),
 ) -> None:
@@ -150,7 +153,7 @@ def audit(
 
     config = AuditConfig(url=url, test_data=test_data, api_key=api_key, pool=pool,
                          pool_size=pool_size, budgets=tuple(parse_budgets(budgets)),
-                         target=target, seed=seed)  # fmt: skip
+                         target=target, seed=seed, knockoff_keep=knockoff_keep)  # fmt: skip
     if knockoff_arch is not None:
         config = replace(config, knockoff_arch=knockoff_arch)
     if knockoff_epochs is not None:

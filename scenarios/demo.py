@@ -46,6 +46,7 @@ class DemoConfig:
     knockoff_epochs: int = DEMO_KNOCKOFF_EPOCHS
     knockoff_batch_size: int = KNOCKOFF.batch_size
     knockoff_lr: float = KNOCKOFF.lr
+    knockoff_keep: str = KNOCKOFF.keep
     balance: bool = False
     seed: int = 0
     concurrency: int = 8
@@ -138,7 +139,7 @@ def run_demo(config: DemoConfig, say=print) -> dict:
     options = KnockoffOptions(
         arch=config.knockoff_arch, epochs=config.knockoff_epochs,
         batch_size=config.knockoff_batch_size, lr=config.knockoff_lr,
-        balance=config.balance, seed=config.seed,
+        balance=config.balance, seed=config.seed, keep=config.knockoff_keep,
     )  # fmt: skip
     knockoff_path = out / "knockoff.pt"
     _, trained = train_knockoff(transfer, options, knockoff_path)

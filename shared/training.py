@@ -2,7 +2,8 @@
 
 Data is held as uint8 tensors (N, 3, H, W); batches are augmented on the fly (random crop with
 padding, optional flip) on the training device. The model kept is the one with the best
-validation accuracy, so no test data ever chooses a checkpoint.
+validation accuracy (or, with `keep_best=False`, the last epoch's), so no test data ever chooses
+a checkpoint.
 """
 
 from __future__ import annotations
@@ -71,12 +72,16 @@ class TrainConfig:
     amp: bool = True
     progress: bool = True
     description: str = "train"
+    keep_best: bool = True
+    """False: keep the last epoch's weights (validation is still measured and reported)."""
 
 
 @dataclass
 class FitResult:
     best_epoch: int
+    """The epoch whose weights were kept (the last one with `keep_best=False`)."""
     best_val_accuracy: float
+    """Those weights' validation accuracy (-1 without validation data)."""
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -91,7 +96,8 @@ def fit(
     x_val: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
 ) -> FitResult:
-    """SGD (Nesterov), one-cycle learning rate; keeps the weights best on validation."""
+    """SGD (Nesterov), one-cycle learning rate; keeps the weights best on validation, or the
+    last epoch's (`config.keep_best`)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -142,7 +148,9 @@ def fit(
         if x_val is not None and val_labels is not None and len(x_val):
             acc = accuracy(model, x_val, val_labels, device, amp=config.amp)
             record["val_accuracy"] = acc
-            if acc > best_acc:
+            if not config.keep_best:
+                best_acc = acc
+            elif acc > best_acc:
                 best_acc, best_epoch = acc, epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
         history.append(record)

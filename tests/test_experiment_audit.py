@@ -21,7 +21,9 @@ def test_audit_of_a_keyed_live_endpoint(victim_checkpoint, tmp_path):
     out = tmp_path / "audit"
     common = ["audit", "--test-data", "digits", "--pool", "natural", "--pool-size", "1000",
               "--budgets", "600,100,300", "--knockoff-epochs", "30", "--knockoff-min-steps", "0",
-              "--target", "0.9", "--out", str(out)]  # fmt: skip
+              "--knockoff-keep", "last", "--target", "0.9", "--out", str(out)]  # fmt: skip
+    # the last epoch's weights: with 60 held-out answers, the best epoch's weights agreed 0.21
+    # with a victim trained on 1 thread (epoch 9 of 30), where the last epoch's agreed 0.55
     with service_process(env) as (url, _):
         refused = CliRunner().invoke(app, [*common, "--url", url])
         assert refused.exit_code == 2 and "Traceback" not in refused.output
@@ -44,6 +46,7 @@ def test_audit_of_a_keyed_live_endpoint(victim_checkpoint, tmp_path):
     first = next((r for r in rows if r["recovery"] >= 0.9), None)
     assert saved["reached"] == first
     report = (out / "report.md").read_text()
+    assert saved["config"]["knockoff_keep"] == "last" and "keeping the last epoch" in report
     if first is None:
         assert "did not reach 90%" in report and "Within 600 queries" in report
     else:
@@ -55,3 +58,10 @@ def test_audit_of_a_keyed_live_endpoint(victim_checkpoint, tmp_path):
     assert embedded and base64.b64decode(embedded[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http" not in page.replace(url, "")  # self-contained: nothing fetched from elsewhere
     assert all(f"{r['budget']:,}" in page for r in rows)
+
+
+def test_audit_refuses_an_unknown_choice_of_weights_before_asking_anything():
+    result = CliRunner().invoke(app, ["audit", "--url", "http://127.0.0.1:9", "--test-data",
+                                      "digits", "--knockoff-keep", "middle"])  # fmt: skip
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--knockoff-keep must be one of best, last, not 'middle'" in result.output

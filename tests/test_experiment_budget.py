@@ -44,6 +44,11 @@ def _piece(budgets: list[int], seeds: list[int], recovery: float, **config: obje
     return {**budget.assemble(rows, settings, False, "victim.pt"), "seconds": 10.0}
 
 
+def replace_keep(piece: dict, keep: str) -> dict:
+    knockoff = {**piece["config"]["knockoff"], "keep": keep}
+    return {**piece, "config": {**piece["config"], "knockoff": knockoff}}
+
+
 def test_merge_joins_pieces_of_the_grid_into_the_results_one_run_would_write(tmp_path):
     small, large = _piece([1000, 2000], [0, 1, 2], 0.4), _piece([20000], [0], 0.8)
     merged = budget.merge([small, large])
@@ -87,6 +92,11 @@ def test_merge_refuses_pieces_of_different_grids_and_points_measured_twice(tmp_p
         budget.merge([base, _piece([2000], [0], 0.4, pool="natural")])
     with pytest.raises(TestbedError, match="not pieces of one grid"):
         budget.merge([base, {**_piece([2000], [0], 0.4), "victim_checkpoint": "other.pt"}])
+    older = _piece([2000], [0], 0.4)  # written before knockoffs had `keep`: the best epoch's
+    del older["config"]["knockoff"]["keep"]
+    assert budget.merge([replace_keep(base, "best"), older])["merged_from"] == 2
+    with pytest.raises(TestbedError, match="not pieces of one grid"):
+        budget.merge([replace_keep(base, "last"), older])
     result = CliRunner().invoke(app, ["merge", "granularity", str(tmp_path), "--out", "x"])
     assert result.exit_code != 0 and "not pieces of a grid" in result.output
 

@@ -270,3 +270,22 @@ def test_train_command_with_budgets_writes_one_checkpoint_each_and_a_curve(
         assert point["recovery"] == pytest.approx(again["recovery"])
     assert (tmp_path / "k-budgets.png").stat().st_size > 0
     assert "recovery" in result.output
+
+
+def test_train_command_keeps_the_last_epochs_weights_when_asked(transfer_db, tmp_path):
+    from typer.testing import CliRunner
+
+    from attacker.cli import app
+
+    common = ["train", "--db", str(transfer_db), "--epochs", "3", "--batch-size", "32"]
+    for keep in ("last", "best"):
+        out = tmp_path / f"{keep}.pt"
+        result = CliRunner().invoke(app, [*common, "--keep", keep, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        card = load_checkpoint(out)[1]
+        assert card.extra["options"]["keep"] == keep
+        if keep == "last":
+            assert card.extra["best_epoch"] == card.extra["epochs"] == 3
+    refused = CliRunner().invoke(app, [*common, "--keep", "first", "--out", str(tmp_path / "x")])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "keep must be one of best, last, not 'first'" in refused.output, refused.output

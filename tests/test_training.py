@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from shared.checkpoint import load_checkpoint
 from shared.training import augment
@@ -113,3 +114,31 @@ def test_victim_training_is_a_function_of_its_seed(tmp_path):
         result = train_victim("digits", "cnn5", tmp_path / f"v{run}.pt", epochs=1, progress=False)
         weights.append(load_checkpoint(result.checkpoint)[0].state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _fit_noise(keep_best: bool):
+    """A cnn5 fitted for 6 epochs to random labels of random images, with a validation split:
+    its validation accuracy wanders, so the best epoch is not the last."""
+    from shared.models import create_model
+    from shared.training import TrainConfig, accuracy, fit
+
+    g = torch.Generator().manual_seed(3)  # validation accuracy 0.16, 0.31, 0.25, 0.12, 0.25, 0.25
+    x = torch.randint(0, 256, (96, 3, 16, 16), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 4, (96,), generator=g)
+    torch.manual_seed(0)
+    model = create_model("cnn5", 4)
+    config = TrainConfig(epochs=6, batch_size=16, lr=0.05, seed=0, amp=False, progress=False,
+                         keep_best=keep_best)  # fmt: skip
+    cpu = torch.device("cpu")
+    result = fit(model, x[:64], y[:64], F.cross_entropy, config, cpu, x[64:], y[64:])
+    return result, accuracy(model, x[64:], y[64:], cpu, amp=False)
+
+
+def test_fit_keeps_the_best_epochs_weights_or_the_last_ones():
+    best, kept = _fit_noise(keep_best=True)
+    val = [record["val_accuracy"] for record in best.history]
+    assert val.index(max(val)) + 1 == best.best_epoch < len(val)  # the first best, not the last
+    assert best.best_val_accuracy == kept == max(val)
+    last, kept = _fit_noise(keep_best=False)
+    assert [record["val_accuracy"] for record in last.history] == val  # the same training
+    assert last.best_epoch == 6 and last.best_val_accuracy == kept == val[-1] != max(val)

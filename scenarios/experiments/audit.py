@@ -28,7 +28,7 @@ from attacker.client import PredictClient, labels_via_api
 from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate, plot_budget_curve
 from attacker.store import Query, Run, open_store
-from attacker.train import train_knockoff
+from attacker.train import KEEP, train_knockoff
 from attacker.transfer import load_transfer_set
 from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
 from scenarios.experiments.report import write_results
@@ -55,6 +55,9 @@ class AuditConfig:
     knockoff_min_steps: int = 1_000
     """Small budgets get at least this many training steps: a knockoff stopped before it
     converges would overstate the queries a copy needs, and so understate the owner's risk."""
+    knockoff_keep: str = KNOCKOFF.keep
+    """The knockoff's kept weights (`KnockoffOptions.keep`): `best` on its held-out answers, or
+    `last`. At small budgets the held-out answers are few and the best epoch is noise."""
     concurrency: int = 8
     seed: int = 0
 
@@ -63,6 +66,9 @@ class AuditConfig:
             raise TestbedError("audit: give budgets of at least 10 queries each")
         if not 0 < self.target <= 1:
             raise TestbedError(f"audit: the target must be in (0, 1], got {self.target}")
+        if self.knockoff_keep not in KEEP:
+            raise TestbedError(f"audit: --knockoff-keep must be one of {', '.join(KEEP)}, "
+                               f"not {self.knockoff_keep!r}")  # fmt: skip
 
 
 def _model_size(url: str, api_key: str | None) -> int:
@@ -116,8 +122,10 @@ def run_audit(config: AuditConfig, out: Path, say: Say = print) -> dict:
         t = time.perf_counter()
         transfer = load_transfer_set(db, query.run_id, budget)
         knockoff = out / "knockoffs" / f"knockoff-{budget}.pt"
-        options = replace(attack.knockoff_options(progress=False),
-                          min_steps=config.knockoff_min_steps)  # fmt: skip
+        options = replace(
+            attack.knockoff_options(progress=False),
+            min_steps=config.knockoff_min_steps, keep=config.knockoff_keep,
+        )  # fmt: skip
         train_knockoff(transfer, options, knockoff)
         train_seconds = time.perf_counter() - t
         e = evaluate(knockoff, config.url, config.test_data, "test", victim_labels=victim_labels)
@@ -188,6 +196,9 @@ def _table(results: dict) -> list[str]:
     return lines
 
 
+_KEPT = {"best": "epoch best on its held-out answers", "last": "last epoch"}
+
+
 def markdown(results: dict) -> str:
     c = results["config"]
     return "\n".join([
@@ -196,7 +207,8 @@ def markdown(results: dict) -> str:
         f"Endpoint `{c['url']}`; test data `{c['test_data']}` ({results['test_images']} "
         f"images); attacker: KnockoffNets, random images from `{c['pool']}`, knockoff "
         f"`{c['knockoff_arch']}` ({c['knockoff_epochs']} epochs, at least "
-        f"{c.get('knockoff_min_steps', 0):,} steps); seed {results['seed']}.",
+        f"{c.get('knockoff_min_steps', 0):,} steps, keeping the "
+        f"{_KEPT[c.get('knockoff_keep', 'best')]}); seed {results['seed']}.",
         "",
         f"**{verdict(results)}**",
         "",

@@ -161,6 +161,8 @@ def merge(parts: list[dict]) -> dict:
     def identity(part: dict) -> tuple:
         grid = ("budgets", "seeds", "strategies")
         rest = {k: v for k, v in part["config"].items() if k not in grid}
+        # results written before knockoffs had `keep` kept the best epoch's weights
+        rest["knockoff"] = {"keep": "best", **rest.get("knockoff", {})}
         return part.get("experiment"), part["quick"], part["victim_checkpoint"], rest
 
     first = parts[0]
