@@ -15,7 +15,7 @@ from pathlib import Path
 from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate, markdown_table, save_outputs
 from attacker.query import QueryConfig, run_query
-from attacker.train import KnockoffOptions, train_knockoff
+from attacker.train import KEEP, KnockoffOptions, train_knockoff
 from attacker.transfer import load_transfer_set
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.errors import TestbedError
@@ -52,6 +52,11 @@ class DemoConfig:
     concurrency: int = 8
     batch_size: int = 32
     out: Path = Path("runs/demo")
+
+    def __post_init__(self) -> None:  # before a victim is trained or a query sent
+        if self.knockoff_keep not in KEEP:
+            raise TestbedError(f"demo: --knockoff-keep must be one of {', '.join(KEEP)}, "
+                               f"not {self.knockoff_keep!r}")  # fmt: skip
 
 
 PRESETS: dict[str, DemoConfig] = {

@@ -71,6 +71,9 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "--preset", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown preset" in result.output
+    result = CliRunner().invoke(app, ["demo", "--knockoff-keep", "middle", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--knockoff-keep must be one of best, last, not 'middle'" in result.output
 
 
 def test_every_demo_option_reaches_the_configuration(monkeypatch, tmp_path):
