@@ -23,6 +23,12 @@ KEEP = ("best", "last")
 """The knockoff's kept weights: the epoch best on the validation split, or the final one."""
 
 
+def check_keep(keep: str, name: str = "keep") -> None:
+    """Refuse an unknown choice of kept weights, naming the setting as its caller knows it."""
+    if keep not in KEEP:
+        raise TestbedError(f"{name} must be one of {', '.join(KEEP)}, not {keep!r}")
+
+
 def content_order(transfer: TransferSet) -> np.ndarray:
     """The rows sorted by content: by the image's pixels, then (for the same image asked twice)
     by its target. A knockoff then depends on the set of answers it is given, not on the order
@@ -109,8 +115,7 @@ def train_knockoff(
     n = len(transfer.images)
     if n < 10:
         raise TestbedError(f"a transfer set of {n} answers is too small to train on")
-    if options.keep not in KEEP:
-        raise TestbedError(f"keep must be one of {', '.join(KEEP)}, not {options.keep!r}")
+    check_keep(options.keep)
     device = resolve_device(options.device)
     rng = np.random.default_rng(options.seed)
     order = content_order(transfer)[rng.permutation(n)]

@@ -15,7 +15,7 @@ from pathlib import Path
 from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate, markdown_table, save_outputs
 from attacker.query import QueryConfig, run_query
-from attacker.train import KEEP, KnockoffOptions, train_knockoff
+from attacker.train import KnockoffOptions, check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.errors import TestbedError
@@ -54,9 +54,7 @@ class DemoConfig:
     out: Path = Path("runs/demo")
 
     def __post_init__(self) -> None:  # before a victim is trained or a query sent
-        if self.knockoff_keep not in KEEP:
-            raise TestbedError(f"demo: --knockoff-keep must be one of {', '.join(KEEP)}, "
-                               f"not {self.knockoff_keep!r}")  # fmt: skip
+        check_keep(self.knockoff_keep, "demo: --knockoff-keep")
 
 
 PRESETS: dict[str, DemoConfig] = {

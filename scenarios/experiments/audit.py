@@ -28,7 +28,7 @@ from attacker.client import PredictClient, labels_via_api
 from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate, plot_budget_curve
 from attacker.store import Query, Run, open_store
-from attacker.train import KEEP, train_knockoff
+from attacker.train import check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
 from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
 from scenarios.experiments.report import write_results
@@ -67,9 +67,7 @@ class AuditConfig:
             raise TestbedError("audit: give budgets of at least 10 queries each")
         if not 0 < self.target <= 1:
             raise TestbedError(f"audit: the target must be in (0, 1], got {self.target}")
-        if self.knockoff_keep not in KEEP:
-            raise TestbedError(f"audit: --knockoff-keep must be one of {', '.join(KEEP)}, "
-                               f"not {self.knockoff_keep!r}")  # fmt: skip
+        check_keep(self.knockoff_keep, "audit: --knockoff-keep")
 
 
 def _model_size(url: str, api_key: str | None) -> int:
