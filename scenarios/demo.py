@@ -11,14 +11,19 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import get_args
 
 from attacker.defaults import KNOCKOFF
 from attacker.evaluate import evaluate, markdown_table, save_outputs
 from attacker.query import QueryConfig, run_query
+from attacker.strategies import STRATEGIES
 from attacker.train import KnockoffOptions, check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
 from shared.checkpoint import ModelCard, load_checkpoint
+from shared.datasets import check_dataset
 from shared.errors import TestbedError
+from shared.models import check_arch
+from shared.schemas import OutputMode
 from victim_service.launch import service_process
 from victim_service.recipes import CIFAR10, DIGITS
 from victim_service.train import train_victim
@@ -53,7 +58,19 @@ class DemoConfig:
     batch_size: int = 32
     out: Path = Path("runs/demo")
 
-    def __post_init__(self) -> None:  # before a victim is trained or a query sent
+    def __post_init__(self) -> None:
+        """Every name is checked before a victim is trained or a query sent: a typo in the
+        knockoff's architecture used to surface after both (minutes at the realistic scale)."""
+        check_dataset(self.victim_dataset)
+        check_dataset(self.pool)
+        check_arch(self.victim_arch)
+        check_arch(self.knockoff_arch)
+        if self.output not in get_args(OutputMode):
+            raise TestbedError(f"demo: --output must be one of {', '.join(get_args(OutputMode))}"
+                               f", not {self.output!r}")  # fmt: skip
+        if self.strategy not in STRATEGIES:
+            raise TestbedError(f"demo: --strategy must be one of {', '.join(STRATEGIES)}, not "
+                               f"{self.strategy!r}")  # fmt: skip
         check_keep(self.knockoff_keep, "demo: --knockoff-keep")
 
 

@@ -132,6 +132,12 @@ def arch_names() -> list[str]:
     return sorted(_ARCHS)
 
 
+def check_arch(arch: str) -> None:
+    """Refuse an unknown architecture by name, before any data is read or any model is built."""
+    if arch not in _ARCHS:
+        raise UnknownNameError("architecture", arch, arch_names())
+
+
 def create_model(
     arch: str,
     num_classes: int,
@@ -147,8 +153,7 @@ def create_model(
     same architecture (all but the head is loaded, with the checkpoint's normalization).
     Weights that do not fit the architecture are refused, never silently skipped.
     """
-    if arch not in _ARCHS:
-        raise UnknownNameError("architecture", arch, arch_names())
+    check_arch(arch)
     spec = _ARCHS[arch]
     ours = None
     if weights not in (None, "imagenet"):

@@ -60,8 +60,16 @@ def test_audit_of_a_keyed_live_endpoint(victim_checkpoint, tmp_path):
     assert all(f"{r['budget']:,}" in page for r in rows)
 
 
-def test_audit_refuses_an_unknown_choice_of_weights_before_asking_anything():
-    result = CliRunner().invoke(app, ["audit", "--url", "http://127.0.0.1:9", "--test-data",
-                                      "digits", "--knockoff-keep", "middle"])  # fmt: skip
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--knockoff-keep", "middle", "--knockoff-keep must be one of best, last, not 'middle'"),
+    ("--knockoff-arch", "nope", "unknown architecture 'nope'"),
+    ("--pool", "nope", "unknown dataset 'nope'"),
+    ("--test-data", "nope", "unknown dataset 'nope'"),
+])  # fmt: skip
+def test_audit_refuses_a_bad_setting_before_asking_anything(option, value, message):
+    """Port 9 (discard) has nothing listening: an audit that asked would fail otherwise."""
+    given = {"--test-data": "digits", option: value}
+    args = [part for item in given.items() for part in item]
+    result = CliRunner().invoke(app, ["audit", "--url", "http://127.0.0.1:9", *args])
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "--knockoff-keep must be one of best, last, not 'middle'" in result.output
+    assert message in " ".join(result.output.split()), result.output

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from attacker.transfer import load_transfer_set
@@ -74,6 +75,34 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--knockoff-keep", "middle", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--knockoff-keep must be one of best, last, not 'middle'" in result.output
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--knockoff-arch", "nope", "unknown architecture 'nope'"),
+    ("--victim-arch", "nope", "unknown architecture 'nope'"),
+    ("--pool", "nope", "unknown dataset 'nope'"),
+    ("--pool", "imagefolder:/no/such/tree", "image folder /no/such/tree does not exist"),
+    ("--victim-dataset", "nope", "unknown dataset 'nope'"),
+    ("--output", "all", "--output must be one of probs, topk, label, not 'all'"),
+    ("--strategy", "greedy", "--strategy must be one of random, adaptive, not 'greedy'"),
+])  # fmt: skip
+def test_a_bad_demo_name_is_refused_before_a_victim_or_a_query(
+    option, value, message, monkeypatch, tmp_path
+):
+    """`--knockoff-arch nope` used to fail after the victim was trained and every query sent;
+    `--output nope` after the service failed to start, with pydantic's words."""
+    import scenarios.demo
+    from scenarios.cli import app
+
+    def started(*args, **kwargs):
+        raise AssertionError("the demo started work before checking its names")
+
+    for step in ("train_victim", "service_process", "run_query"):
+        monkeypatch.setattr(scenarios.demo, step, started)
+    result = CliRunner().invoke(app, ["demo", option, value, "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "demo").exists()
 
 
 def test_every_demo_option_reaches_the_configuration(monkeypatch, tmp_path):

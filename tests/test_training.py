@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +76,24 @@ def test_train_command_unknown_names_exit_cleanly(tmp_path):
         )  # fmt: skip
         assert result.returncode == 2
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_names_are_refused_before_any_image_is_read(monkeypatch, tmp_path):
+    """A typo in the architecture used to cost loading the whole dataset first (CIFAR-10's
+    50,000 JPEGs); a user's tree that is not there is refused the same way."""
+    import victim_service.train
+    from shared.errors import TestbedError
+
+    def read(*args, **kwargs):
+        raise AssertionError("a dataset was read before the names were checked")
+
+    monkeypatch.setattr(victim_service.train, "load_dataset", read)
+    missing = f"imagefolder:{tmp_path / 'none'}"
+    for dataset, arch, message in (("digits", "nope", "unknown architecture 'nope'"),
+                                   ("nope", "cnn5", "unknown dataset 'nope'"),
+                                   (missing, "cnn5", "does not exist")):  # fmt: skip
+        with pytest.raises(TestbedError, match=message):
+            victim_service.train.train_victim(dataset, arch, tmp_path / "v.pt")
 
 
 def test_train_command_takes_unset_options_from_the_datasets_recipe(tmp_path):

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from shared.checkpoint import ModelCard, save_checkpoint
-from shared.datasets import load_dataset
+from shared.datasets import check_dataset, load_dataset
 from shared.device import resolve_device
-from shared.models import create_model
+from shared.models import check_arch, create_model
 from shared.training import TrainConfig, accuracy, dataset_stats, fit, to_tensor
 from victim_service.recipes import recipe_for
 
@@ -52,6 +52,8 @@ def train_victim(
     mirrors training images only where the dataset declares its labels flip-invariant; `say`
     hears where a user's tree's test split came from.
     """
+    check_dataset(dataset)  # a typo is refused before minutes of loading images
+    check_arch(arch)
     recipe = recipe_for(dataset)
     epochs = recipe.epochs if epochs is None else epochs
     batch_size = recipe.batch_size if batch_size is None else batch_size

@@ -32,8 +32,9 @@ from attacker.train import check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
 from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
 from scenarios.experiments.report import write_results
-from shared.datasets import load_dataset
+from shared.datasets import check_dataset, load_dataset
 from shared.errors import TestbedError
+from shared.models import check_arch
 
 Say = Callable[[str], object]
 
@@ -68,6 +69,10 @@ class AuditConfig:
         if not 0 < self.target <= 1:
             raise TestbedError(f"audit: the target must be in (0, 1], got {self.target}")
         check_keep(self.knockoff_keep, "audit: --knockoff-keep")
+        # names before the first query: an unknown architecture surfaced after them all
+        check_dataset(self.test_data)
+        check_dataset(self.pool)
+        check_arch(self.knockoff_arch)
 
 
 def _model_size(url: str, api_key: str | None) -> int:

@@ -11,7 +11,13 @@ from shared.datasets.archives import extracted_archive
 from shared.datasets.base import SPLITS, ArrayDataset, FileDataset, ImageDataset
 from shared.datasets.generated import NaturalPool, NoisePool, bundled_photos
 from shared.datasets.imagefolder import NO_FLIP_MARKER, imagefolder, read_tree
-from shared.datasets.registry import DatasetFactory, dataset_names, load_dataset, register
+from shared.datasets.registry import (
+    DatasetFactory,
+    check_dataset,
+    dataset_names,
+    load_dataset,
+    register,
+)
 
 __all__ = [
     "NO_FLIP_MARKER",
@@ -23,6 +29,7 @@ __all__ = [
     "NaturalPool",
     "NoisePool",
     "bundled_photos",
+    "check_dataset",
     "dataset_names",
     "extracted_archive",
     "imagefolder",

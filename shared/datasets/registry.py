@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from shared.datasets.base import SPLITS, ImageDataset
-from shared.errors import TestbedError, UnknownNameError
+from shared.errors import MissingDataError, TestbedError, UnknownNameError
 
 DatasetFactory = Callable[..., ImageDataset]
 _REGISTRY: dict[str, DatasetFactory] = {}
@@ -21,6 +22,17 @@ def register(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
 
 def dataset_names() -> list[str]:
     return sorted(_REGISTRY) + ["imagefolder:<path>"]
+
+
+def check_dataset(name: str) -> None:
+    """Refuse an unknown dataset by name, or a user's tree that is not there, without loading
+    anything: commands that train or query for minutes before they read a dataset check first."""
+    if name.startswith("imagefolder:"):
+        root = Path(name.removeprefix("imagefolder:")).expanduser()
+        if not root.is_dir():
+            raise MissingDataError(f"image folder {root} does not exist")
+    elif name not in _REGISTRY:
+        raise UnknownNameError("dataset", name, dataset_names())
 
 
 def load_dataset(
@@ -42,6 +54,5 @@ def load_dataset(
         from shared.datasets.imagefolder import imagefolder
 
         return imagefolder(name.removeprefix("imagefolder:"), split)
-    if name not in _REGISTRY:
-        raise UnknownNameError("dataset", name, dataset_names())
+    check_dataset(name)
     return _REGISTRY[name](split=split, size=size, image_size=image_size, seed=seed)
