@@ -228,8 +228,10 @@ def test_archive_datasets_unpack_once_into_the_cache(tmp_path: Path, monkeypatch
 
 def test_an_archive_is_unpacked_by_one_process_while_the_others_wait(tmp_path: Path):
     """Five experiments started at once each unpacked the archive and replaced the folder
-    another was reading; now the second waits for the first's lock and takes its folder."""
+    another was reading; now the second says it waits for the first's lock and takes its
+    folder."""
     import os
+    import selectors
     import subprocess
     import sys
     import time
@@ -251,7 +253,13 @@ def test_an_archive_is_unpacked_by_one_process_while_the_others_wait(tmp_path: P
     with FileLock(str(target) + ".lock"):  # another process is unpacking it
         waiting = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        time.sleep(8)
+        assert waiting.stderr is not None
+        with selectors.DefaultSelector() as ready:
+            ready.register(waiting.stderr, selectors.EVENT_READ)
+            assert ready.select(timeout=120), "no word from the waiting process"
+        said = waiting.stderr.readline()
+        assert said.startswith("waiting for another process to finish unpacking cifar10-jpeg")
+        time.sleep(0.5)  # a few more of its tries at the lock
         assert waiting.poll() is None  # it waits for the lock ...
         assert list(target.parent.iterdir()) == [target.parent / "cifar10-jpeg.lock"]
     out, err = waiting.communicate(timeout=120)  # ... and unpacks once it is free

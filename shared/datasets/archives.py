@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -30,12 +31,19 @@ def extracted_archive(archive_name: str) -> Path:
             f"dataset archive {archive} is missing. Put {archive_name} there, or point "
             f"TESTBED_DATA_DIR at the folder that holds it (see ../shared/data/README.md)."
         )
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # one process unpacks, the others wait and take its folder: without the lock, a second
     # process replaced the folder while the first read it (seen with five experiments at once)
-    with FileLock(str(target) + ".lock"):
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # say why nothing happens: Tiny-ImageNet takes a while to unpack
+        print(f"waiting for another process to finish unpacking {archive_name} into {target}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        lock.acquire()
+    try:
         if (target / ".complete").exists():
             return target
         partial = target.with_name(f"{stem}.partial-{os.getpid()}")
@@ -48,6 +56,8 @@ def extracted_archive(archive_name: str) -> Path:
         (partial / ".complete").write_text(hashlib.sha256(archive.name.encode()).hexdigest())
         shutil.rmtree(target, ignore_errors=True)
         partial.replace(target)
+    finally:
+        lock.release()
     return target
 
 
