@@ -30,7 +30,7 @@ from defense.features import (
     torchvision_backbone,
     victim_backbone,
 )
-from shared.datasets import ImageDataset, load_dataset
+from shared.datasets import ImageDataset, check_dataset, load_dataset
 from shared.errors import TestbedError
 from shared.imaging import resize
 from shared.paths import data_settings
@@ -264,6 +264,8 @@ def train_ood(
     the regression sees (both drawn from the same training part; CPU budget).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
+    check_dataset(in_dataset)  # names before a backbone is built or any image read
+    check_dataset(out_dataset)
     kind, value = parse_spec(backbone)
     device = torch.device(device)
     net: Backbone | None = None

@@ -110,6 +110,20 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "is not understood" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_unknown_datasets_are_refused_before_any_image_is_read(tmp_path, monkeypatch):
+    import defense.ood
+    from shared.errors import TestbedError
+
+    def read(*args, **kwargs):
+        raise AssertionError("a dataset was read before the names were checked")
+
+    monkeypatch.setattr(defense.ood, "load_dataset", read)
+    for given in ({"in_dataset": "nope"}, {"out_dataset": "nope"}):
+        names = {"in_dataset": "digits", "out_dataset": "natural", **given}
+        with pytest.raises(TestbedError, match="unknown dataset 'nope'"):
+            defense.ood.train_ood(**names, backbone="defender:cnn5", out=tmp_path / "o.pt")
+
+
 def test_torchvision_backbone_from_the_hub_cache_is_stored_in_the_artefact(tmp_path, monkeypatch):
     """The paper's backbone. No internet here: a stand-in weights file (random init) is put
     where torchvision's weights API looks first, so the offline path is the real one."""
