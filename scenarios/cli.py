@@ -75,7 +75,7 @@ def run(
     experiment = get(name)
     folder = out or default_out(name if scale != "papers" else f"{name}-papers")
     config = experiment.config_at(scale)
-    config = apply_overrides(config, set_) if set_ else config
+    config = apply_overrides(config, set_, experiment.set_elsewhere) if set_ else config
     results = experiment.run(folder, quick=scale == "quick", say=typer.echo, config=config)
     typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
 

@@ -68,3 +68,22 @@ def test_the_cli_runs_the_experiment_with_the_overridden_config(tmp_path, monkey
     assert "Traceback" not in bad.output
     missing = CliRunner().invoke(app, ["render", "budget", "--out", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "run the experiment first" in missing.output
+
+
+def test_fields_an_experiment_sets_itself_are_refused_with_where_to_set_them():
+    """`--set knockoff.arch=resnet18` on `architecture` was accepted, written into the results'
+    configuration and ignored: each row sets the knockoff's architecture, as every experiment
+    sets its knockoffs' seed."""
+    for name in registry.experiment_names():
+        experiment = registry.get(name)
+        assert "knockoff.seed" in experiment.set_elsewhere, name
+        for dotted, reason in experiment.set_elsewhere.items():
+            value = experiment.full
+            for part in dotted.split("."):  # a real field of the configuration
+                value = getattr(value, part)
+            with pytest.raises(TestbedError, match=f"--set {dotted}: .* ignore it; "):
+                apply_overrides(experiment.full, [f"{dotted}=1"], experiment.set_elsewhere)
+            assert reason
+    result = CliRunner().invoke(app, ["run", "architecture", "--set", "knockoff.arch=resnet18"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "each of archs trains in turn (set archs=...)" in " ".join(result.output.split())

@@ -112,5 +112,9 @@ register(
         run=run,
         full=FULL,
         quick=QUICK,
+        set_elsewhere={
+            "knockoff.arch": "each of archs trains in turn (set archs=...)",
+            "knockoff.seed": "the knockoffs take the queries' seed (set query.seed=...)",
+        },
     )
 )

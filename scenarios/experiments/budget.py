@@ -231,5 +231,8 @@ register(
         full=FULL,
         quick=QUICK,
         papers=PAPERS,
+        set_elsewhere={
+            "knockoff.seed": "each knockoff takes its run's seed (set seeds=...)",
+        },
     )
 )

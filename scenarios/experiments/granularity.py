@@ -118,5 +118,8 @@ register(
         full=FULL,
         quick=QUICK,
         papers=PAPERS,
+        set_elsewhere={
+            "knockoff.seed": "the knockoffs take the queries' seed (set query.seed=...)",
+        },
     )
 )

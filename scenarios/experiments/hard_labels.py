@@ -133,5 +133,9 @@ register(
         run=run,
         full=FULL,
         quick=QUICK,
+        set_elsewhere={
+            "knockoff.seed": "the knockoffs take the run's seed (set seed=...)",
+            "knockoff.balance": "each budget trains a balanced knockoff and one not",
+        },
     )
 )

@@ -263,5 +263,8 @@ register(
         quick=QUICK,
         markdown=markdown,
         plot=plot,
+        set_elsewhere={
+            "knockoff.seed": "the knockoffs take the run's seed (set seed=...)",
+        },
     )
 )

@@ -9,7 +9,7 @@ configuration, so a run with overrides says what it ran.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
@@ -65,11 +65,17 @@ def _set(config: Any, path: list[str], text: str, name: str) -> Any:
     return replace(config, **{path[0]: _value(text, current, name)})
 
 
-def apply_overrides(config: Any, assignments: Sequence[str]) -> Any:
-    """`config` (a frozen dataclass) with each `field=value` (dotted for nested) applied."""
+def apply_overrides(
+    config: Any, assignments: Sequence[str], set_elsewhere: Mapping[str, str] | None = None
+) -> Any:
+    """`config` (a frozen dataclass) with each `field=value` (dotted for nested) applied;
+    a field in `set_elsewhere` (which the experiment overwrites) is refused with its reason."""
     for assignment in assignments:
         name, sep, text = assignment.partition("=")
         if not sep or not name.strip():
             raise TestbedError(f"--set takes field=value, got {assignment!r}")
+        if name.strip() in (set_elsewhere or {}):
+            raise TestbedError(f"--set {name.strip()}: the experiment sets it itself and would "
+                               f"ignore it; {set_elsewhere[name.strip()]}")  # fmt: skip
         config = _set(config, name.strip().split("."), text, name.strip())
     return config

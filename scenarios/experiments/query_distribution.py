@@ -194,5 +194,8 @@ register(
         quick=QUICK,
         markdown=markdown,
         plot=plot,
+        set_elsewhere={
+            "knockoff.seed": "the knockoffs take the run's seed (set seed=...)",
+        },
     )
 )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scenarios.experiments import report
@@ -39,6 +39,9 @@ class Experiment:
     """How results.json becomes results.md and results.png (default: one table, one figure)."""
     merge: Callable[[list[dict]], dict] | None = None
     """One results dict from several runs' (a grid run in pieces); None: not mergeable."""
+    set_elsewhere: Mapping[str, str] = field(default_factory=dict)
+    """Configuration fields the experiment sets itself (the knockoff's seed from the run's),
+    with where to set them instead: `--set` refuses them, where it would change nothing."""
 
     def config_at(self, scale: str) -> object:
         """The configuration of a named scale: default, quick or papers."""
