@@ -87,3 +87,32 @@ def test_fields_an_experiment_sets_itself_are_refused_with_where_to_set_them():
     result = CliRunner().invoke(app, ["run", "architecture", "--set", "knockoff.arch=resnet18"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "each of archs trains in turn (set archs=...)" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("pool=nope", "unknown dataset 'nope'"),
+    ("victim.dataset=nope", "unknown dataset 'nope'"),
+    ("knockoff.arch=nope", "unknown architecture 'nope'"),
+    ("strategies=random,greedy", "strategies: 'greedy' is not one of random, adaptive"),
+    ("knockoff.keep=middle", "keep must be one of best, last, not 'middle'"),
+])  # fmt: skip
+def test_a_bad_name_is_refused_before_the_experiment_runs(assignment, message, monkeypatch):
+    """`--set pool=nope` failed only once the victim was trained (9 min at the default scale)."""
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the experiment ran before its names were checked")
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "budget", replace(registry.get("budget"), run=ran))
+    result = CliRunner().invoke(app, ["run", "budget", "--set", assignment])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in " ".join(result.output.split()), result.output
+
+
+def test_every_scale_of_every_experiment_names_only_what_exists():
+    from scenarios.experiments.overrides import check_names
+
+    for name in registry.experiment_names():
+        experiment = registry.get(name)
+        for config in (experiment.full, experiment.quick, experiment.papers):
+            if config is not None:
+                check_names(config)

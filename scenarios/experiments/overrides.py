@@ -13,7 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
+from attacker.strategies import STRATEGIES
+from attacker.train import check_keep
+from shared.datasets import check_dataset
 from shared.errors import TestbedError
+from shared.models import check_arch
 
 TRUE, FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
@@ -79,3 +83,27 @@ def apply_overrides(
                                f"ignore it; {set_elsewhere[name.strip()]}")  # fmt: skip
         config = _set(config, name.strip().split("."), text, name.strip())
     return config
+
+
+DATASET_FIELDS = {"dataset", "in_dataset", "out_dataset", "pool", "natural_pool"}
+
+
+def check_names(config: Any) -> None:
+    """Every dataset, architecture, strategy and choice of kept weights the configuration names
+    exists, checked before anything runs: `--set pool=nope` used to fail after the victim was
+    trained (9 min at the default scale)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            check_names(value)
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for item in (v for v in values if isinstance(v, str)):
+            if f.name in DATASET_FIELDS:
+                check_dataset(item)
+            elif f.name in ("arch", "archs"):
+                check_arch(item)
+            elif f.name in ("strategy", "strategies") and item not in STRATEGIES:
+                raise TestbedError(f"{f.name}: {item!r} is not one of {', '.join(STRATEGIES)}")
+            elif f.name == "keep":
+                check_keep(item)
