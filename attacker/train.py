@@ -15,7 +15,7 @@ from attacker.losses import answer_loss
 from attacker.transfer import TransferSet, load_transfer_set
 from shared.checkpoint import ModelCard, save_checkpoint
 from shared.device import resolve_device
-from shared.errors import TestbedError
+from shared.errors import TestbedError, check_choice
 from shared.models import Classifier, create_model
 from shared.training import TrainConfig, dataset_stats, fit
 
@@ -25,8 +25,7 @@ KEEP = ("best", "last")
 
 def check_keep(keep: str, name: str = "keep") -> None:
     """Refuse an unknown choice of kept weights, naming the setting as its caller knows it."""
-    if keep not in KEEP:
-        raise TestbedError(f"{name} must be one of {', '.join(KEEP)}, not {keep!r}")
+    check_choice(keep, KEEP, name)
 
 
 def content_order(transfer: TransferSet) -> np.ndarray:

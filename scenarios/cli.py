@@ -141,8 +141,10 @@ def audit(
     knockoff_min_steps: int | None = typer.Option(
         None, help="Train each knockoff for at least this many steps [default: 1000]"
     ),
-    knockoff_keep: str = typer.Option(
-        "best", help="The knockoff's weights kept: 'best' on its held-out answers, or 'last'"
+    knockoff_keep: str | None = typer.Option(
+        None,
+        help="The knockoff's weights kept: 'best' on its held-out answers, or 'last' "
+        "[default: best]",
     ),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("results/audit"), help="Report folder"),
@@ -154,13 +156,10 @@ def audit(
 
     config = AuditConfig(url=url, test_data=test_data, api_key=api_key, pool=pool,
                          pool_size=pool_size, budgets=tuple(parse_budgets(budgets)),
-                         target=target, seed=seed, knockoff_keep=knockoff_keep)  # fmt: skip
-    if knockoff_arch is not None:
-        config = replace(config, knockoff_arch=knockoff_arch)
-    if knockoff_epochs is not None:
-        config = replace(config, knockoff_epochs=knockoff_epochs)
-    if knockoff_min_steps is not None:
-        config = replace(config, knockoff_min_steps=knockoff_min_steps)
+                         target=target, seed=seed)  # fmt: skip
+    given = {"knockoff_arch": knockoff_arch, "knockoff_epochs": knockoff_epochs,
+             "knockoff_min_steps": knockoff_min_steps, "knockoff_keep": knockoff_keep}  # fmt: skip
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
     results = run_audit(config, out, say=typer.echo)
     typer.echo(verdict(results))
     typer.echo(f"report: {out / 'report.html'} and {out / 'report.md'}")

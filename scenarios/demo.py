@@ -21,7 +21,7 @@ from attacker.train import KnockoffOptions, check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.datasets import check_dataset
-from shared.errors import TestbedError
+from shared.errors import TestbedError, check_choice
 from shared.models import check_arch
 from shared.schemas import OutputMode
 from victim_service.launch import service_process
@@ -65,12 +65,8 @@ class DemoConfig:
         check_dataset(self.pool)
         check_arch(self.victim_arch)
         check_arch(self.knockoff_arch)
-        if self.output not in get_args(OutputMode):
-            raise TestbedError(f"demo: --output must be one of {', '.join(get_args(OutputMode))}"
-                               f", not {self.output!r}")  # fmt: skip
-        if self.strategy not in STRATEGIES:
-            raise TestbedError(f"demo: --strategy must be one of {', '.join(STRATEGIES)}, not "
-                               f"{self.strategy!r}")  # fmt: skip
+        check_choice(self.output, get_args(OutputMode), "demo: --output")
+        check_choice(self.strategy, STRATEGIES, "demo: --strategy")
         check_keep(self.knockoff_keep, "demo: --knockoff-keep")
 
 

@@ -1,5 +1,9 @@
 """Errors with a message meant for the person at the terminal, not a traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 
 class TestbedError(Exception):
     """Base class: the CLI prints the message and exits non-zero."""
@@ -20,3 +24,10 @@ class UnknownNameError(TestbedError, KeyError):
 
 class MissingDataError(TestbedError, FileNotFoundError):
     """A dataset archive or folder that is not where it should be."""
+
+
+def check_choice(value: str, choices: Sequence[str], name: str) -> None:
+    """Refuse a value outside `choices` in one line, naming the setting as its caller knows it
+    (`demo: --strategy`, `keep`)."""
+    if value not in choices:
+        raise TestbedError(f"{name} must be one of {', '.join(choices)}, not {value!r}")

@@ -93,7 +93,7 @@ def test_fields_an_experiment_sets_itself_are_refused_with_where_to_set_them():
     ("pool=nope", "unknown dataset 'nope'"),
     ("victim.dataset=nope", "unknown dataset 'nope'"),
     ("knockoff.arch=nope", "unknown architecture 'nope'"),
-    ("strategies=random,greedy", "strategies: 'greedy' is not one of random, adaptive"),
+    ("strategies=random,greedy", "strategies must be one of random, adaptive, not 'greedy'"),
     ("knockoff.keep=middle", "keep must be one of best, last, not 'middle'"),
 ])  # fmt: skip
 def test_a_bad_name_is_refused_before_the_experiment_runs(assignment, message, monkeypatch):

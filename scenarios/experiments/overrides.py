@@ -16,7 +16,7 @@ from typing import Any
 from attacker.strategies import STRATEGIES
 from attacker.train import check_keep
 from shared.datasets import check_dataset
-from shared.errors import TestbedError
+from shared.errors import TestbedError, check_choice
 from shared.models import check_arch
 
 TRUE, FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
@@ -74,14 +74,16 @@ def apply_overrides(
 ) -> Any:
     """`config` (a frozen dataclass) with each `field=value` (dotted for nested) applied;
     a field in `set_elsewhere` (which the experiment overwrites) is refused with its reason."""
+    refused = set_elsewhere or {}
     for assignment in assignments:
         name, sep, text = assignment.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise TestbedError(f"--set takes field=value, got {assignment!r}")
-        if name.strip() in (set_elsewhere or {}):
-            raise TestbedError(f"--set {name.strip()}: the experiment sets it itself and would "
-                               f"ignore it; {set_elsewhere[name.strip()]}")  # fmt: skip
-        config = _set(config, name.strip().split("."), text, name.strip())
+        if name in refused:
+            raise TestbedError(f"--set {name}: the experiment sets it itself and would ignore "
+                               f"it; {refused[name]}")  # fmt: skip
+        config = _set(config, name.split("."), text, name)
     return config
 
 
@@ -103,7 +105,7 @@ def check_names(config: Any) -> None:
                 check_dataset(item)
             elif f.name in ("arch", "archs"):
                 check_arch(item)
-            elif f.name in ("strategy", "strategies") and item not in STRATEGIES:
-                raise TestbedError(f"{f.name}: {item!r} is not one of {', '.join(STRATEGIES)}")
+            elif f.name in ("strategy", "strategies"):
+                check_choice(item, STRATEGIES, f.name)
             elif f.name == "keep":
                 check_keep(item)
