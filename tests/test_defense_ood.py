@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from defense.baselines import KNN
+from defense.baselines import KNN, Mahalanobis, energy, msp, odin
 from defense.evaluate import detection_metrics, evaluate_ood, ood_markdown
 from defense.features import parse_spec
 from defense.ood import OODFilter, threshold_for_tnr, train_ood
@@ -197,6 +197,36 @@ def test_knn_score_on_hand_made_features():
     # (e1+e2)/sqrt2: similarities (0.707, 0.707, 0, 0) -> distance sqrt(2 - sqrt2)
     expected = -np.sqrt([2.0, 2.0 - np.sqrt(2.0)])
     assert np.allclose(knn.score(query), expected, atol=1e-6)
+
+
+def test_msp_energy_and_mahalanobis_scores_on_hand_made_numbers():
+    """MSP (Hendrycks & Gimpel): max softmax; energy (Liu et al.): T logsumexp(z / T);
+    Mahalanobis (Lee et al.): minus the smallest distance to a class mean under the tied
+    covariance. softmax([2, 0, -1]) = [0.843795, 0.114195, 0.042010]; logsumexp = 2.169846."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    assert msp(logits) == pytest.approx([0.843795, 1 / 3], abs=1e-6)
+    assert energy(logits) == pytest.approx([2.169846, np.log(3)], abs=1e-6)
+    assert energy(logits, temperature=2.0) == pytest.approx([2.928738, 2 * np.log(3)], abs=1e-6)
+    # class 0 around (0, 0), class 1 around (4, 0); tied covariance 0.5 I, so precision 2 I
+    features = np.array([[-1.0, 0], [1, 0], [4, -1], [4, 1]])
+    maha = Mahalanobis.fit(features, np.array([0, 0, 1, 1]))
+    assert maha.means == pytest.approx(np.array([[0.0, 0], [4, 0]]))
+    # (1, 1): 2 * (1 + 1) = 4 to class 0, 2 * (9 + 1) = 20 to class 1; (3, 0): 18 and 2
+    assert maha.score(np.array([[1.0, 1], [3, 0]])) == pytest.approx([-4.0, -2.0], abs=1e-4)
+
+
+def test_odin_steps_against_the_loss_of_the_predicted_class_then_tempers():
+    """A linear model on 1-pixel images, logits (x_0, 0): at T = 1000 the predicted class is
+    0, the loss's gradient is -(1 - p_0) / T along x_0, so the step adds epsilon to x_0 and
+    the score is sigmoid((0.5 + epsilon) / T)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    x = torch.full((1, 3, 1, 1), 0.5)
+    score = odin(model, x, temperature=1000.0, epsilon=0.0014)
+    assert score == pytest.approx([1 / (1 + np.exp(-(0.5 + 0.0014) / 1000))], abs=1e-9)
+    unstepped = odin(model, x, temperature=1000.0, epsilon=0.0)
+    assert unstepped == pytest.approx([1 / (1 + np.exp(-0.5 / 1000))], abs=1e-9)
 
 
 def test_evaluate_ood_rejects_an_unknown_transform_in_one_line(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from defense.defenses.noise import GaussianNoiseStep
 from defense.defenses.reverse_sigmoid import ReverseSigmoidStep, reverse_sigmoid
-from defense.perturbations import apply_action, keep_argmax, row_uniforms, shuffle
+from defense.perturbations import apply_action, keep_argmax, renormalize, row_uniforms, shuffle
 from shared.pipeline import AnswerBatch, Granularity
 
 
@@ -69,6 +70,14 @@ def test_strong_reverse_sigmoid_would_reorder_but_argmax_is_restored():
     out = reverse_sigmoid(p, 3.0, 2.0)
     assert out.argmax() == 0
     assert_distribution(out)
+
+
+def test_renormalize_clips_at_zero_and_a_row_without_mass_becomes_uniform():
+    probs = torch.tensor([[0.5, -0.1, 0.6], [-0.2, 0.0, 0.0], [0.2, 0.2, 0.2]])
+    out = renormalize(probs)
+    assert out[0].tolist() == pytest.approx([0.5 / 1.1, 0.0, 0.6 / 1.1])
+    assert out[1].tolist() == pytest.approx([1 / 3] * 3)  # nothing left to rescale
+    assert out[2].tolist() == pytest.approx([1 / 3] * 3)
 
 
 def test_keep_argmax_swaps_and_breaks_ties_toward_the_original_class():
