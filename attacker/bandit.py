@@ -4,6 +4,11 @@ Preferences H, policy pi = softmax(H) over the available actions. After reward R
 a_t with baseline R̄: H(a_t) += alpha (R_t - R̄)(1 - pi(a_t)) and H(a) -= alpha (R_t - R̄) pi(a)
 for every other a, where pi is the policy a_t was *sampled from*. The caller keeps that policy
 with each pending action, because answers arrive batches after the choice, when H has moved.
+
+Where a_t was drawn from another policy mu (the strategy's exploring mix of pi with a uniform
+share), the step is weighted by pi(a_t) / mu(a_t): its expectation over mu is then the gradient
+of pi's expected reward, the quantity Sutton & Barto's update ascends; unweighted, actions that
+mu favours over pi would count more than pi gives them. With mu = pi the weight is 1.
 """
 
 from __future__ import annotations
@@ -28,12 +33,18 @@ def bandit_step(
     advantage: float,
     lr: float,
     clip: float = np.inf,
+    behaviour: np.ndarray | None = None,
 ) -> np.ndarray:
     """New preferences after one reward: H += alpha (R - R̄)(onehot(a_t) - pi).
 
-    `policy` is the one `action` was sampled from; actions it gave 0 (unavailable then) keep
-    their preference. Preferences are clipped to [-clip, clip] so exp() never overflows.
+    `policy` is the softmax standing when `action` was chosen; actions it gave 0 (unavailable
+    then) keep their preference. `behaviour`, if given, is the policy the action was actually
+    drawn from; the step is then weighted by policy[action] / behaviour[action]. Preferences
+    are clipped to [-clip, clip] so exp() never overflows.
     """
-    step = -lr * advantage * np.asarray(policy, dtype=np.float64)
+    policy = np.asarray(policy, dtype=np.float64)
+    if behaviour is not None:
+        advantage *= float(policy[action] / behaviour[action])
+    step = -lr * advantage * policy
     step[action] += lr * advantage
     return np.clip(prefs + step, -clip, clip)

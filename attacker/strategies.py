@@ -75,8 +75,9 @@ class AdaptiveConfig:
     """Step size of the preference updates. 0.5 collapsed onto a few pool classes (the
     preferences random-walk on noisy rewards faster than any signal shows; see budget)."""
     exploration: float = 0.1
-    """EXP3's uniform mix: each choice is drawn from (1 - g) softmax(H) + g uniform, so no
-    available group or class falls below g / count (the preferences still learn from it)."""
+    """EXP3's uniform mix (not in Knockoff Nets; 0 is the paper's bandit): each choice is drawn
+    from (1 - g) softmax(H) + g uniform, so no available group or class falls below g / count;
+    the preferences learn from every choice, each step weighted by softmax / mix."""
     reward_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Weights of (certainty, diversity, loss) after each is z-scored by its running mean and
     standard deviation (as ART's KnockoffNets normalizes them)."""
@@ -103,12 +104,15 @@ class AdaptiveConfig:
 
 @dataclass(frozen=True)
 class _Choice:
-    """A pending choice: the group, the class's place in it, and the policies sampled from."""
+    """A pending choice: the group, the class's place in it, the softmax policies standing
+    then, and the exploring mixes the choice was drawn from."""
 
     group: int
     member: int
     group_policy: np.ndarray
     class_policy: np.ndarray
+    group_drawn: np.ndarray
+    class_drawn: np.ndarray
 
 
 class _RunningMoments:
@@ -151,7 +155,9 @@ class AdaptiveStrategy:
     deviation and the parts an answer cannot tell (certainty of a bare label) are left out. The
     update (`attacker.bandit`) uses reward minus a running-mean baseline and the softmax
     policies standing when the choice was made; the choice itself is drawn from those policies
-    mixed with a uniform share (`exploration`, as EXP3), so the bandit cannot starve a class.
+    mixed with a uniform share (`exploration`, as EXP3: not in the paper), so the bandit cannot
+    starve a class, and each step is weighted by softmax / mix at the chosen action, so that
+    it still follows the softmax policy's gradient. `exploration=0` is the paper's bandit.
     Preferences, rewards and knockoff weights are kept finite: clipped preferences, clipped
     probabilities in the loss, a clipped knockoff gradient.
     """
@@ -224,17 +230,20 @@ class AdaptiveStrategy:
             group_mask[np.unique(self.group_of[available])] = True
             share = self.config.exploration
             group_policy = softmax_policy(self.group_prefs, group_mask)
-            g = int(rng.choice(len(self.groups), p=_explore(group_policy, group_mask, share)))
+            group_drawn = _explore(group_policy, group_mask, share)
+            g = int(rng.choice(len(self.groups), p=group_drawn))
             members = np.asarray(self.groups[g])
             class_policy = softmax_policy(self.class_prefs[members], available[members])
-            mixed = _explore(class_policy, available[members], share)
-            local = int(rng.choice(len(members), p=mixed))
+            class_drawn = _explore(class_policy, available[members], share)
+            local = int(rng.choice(len(members), p=class_drawn))
             c = int(members[local])
             picked.append(int(self.queues[c][self.heads[c]]))
             self.heads[c] += 1
             # the update uses the policies this choice was sampled from (Sutton & Barto 2.8),
             # not the ones standing when its answer arrives, batches later
-            self.choices[start + offset] = _Choice(g, local, group_policy, class_policy)
+            self.choices[start + offset] = _Choice(
+                g, local, group_policy, class_policy, group_drawn, class_drawn
+            )
         return picked
 
     def observe(
@@ -284,15 +293,18 @@ class AdaptiveStrategy:
         return total / weight if weight > 0 else 0.0
 
     def _update(self, choice: _Choice, advantage: float) -> None:
-        """Gradient-bandit step on the chosen group and on the chosen class inside it."""
+        """Gradient-bandit step on the chosen group and on the chosen class inside it, each
+        weighted by softmax / exploring mix at the choice (`bandit_step`'s `behaviour`)."""
         lr, clip = self.config.lr, self.config.preference_clip
         self.group_prefs = bandit_step(
-            self.group_prefs, choice.group, choice.group_policy, advantage, lr, clip
-        )
+            self.group_prefs, choice.group, choice.group_policy, advantage, lr, clip,
+            behaviour=choice.group_drawn,
+        )  # fmt: skip
         members = np.asarray(self.groups[choice.group])
         self.class_prefs[members] = bandit_step(
-            self.class_prefs[members], choice.member, choice.class_policy, advantage, lr, clip
-        )
+            self.class_prefs[members], choice.member, choice.class_policy, advantage, lr, clip,
+            behaviour=choice.class_drawn,
+        )  # fmt: skip
 
     def _features(self, images: np.ndarray) -> np.ndarray:
         side = self.config.knockoff_side

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attacker.bandit import bandit_step, softmax_policy
-from attacker.rewards import certainty, effective_target, knockoff_loss
+from attacker.rewards import certainty, diversity, effective_target, knockoff_loss
 from attacker.strategies import (
     REWARD_CLIP,
     AdaptiveConfig,
@@ -166,6 +166,64 @@ def test_gradient_bandit_step_replays_sutton_and_barto_on_hand_made_numbers():
     assert bandit_step(np.array([29.9, 0.0]), 0, np.array([0.0, 1.0]), 1.0, 1.0, 30.0)[0] == 30
 
 
+def test_a_step_drawn_from_the_exploring_mix_is_weighted_by_softmax_over_mix():
+    """Hand computation: pi = softmax([0, 1, -1]), mu = 0.9 pi + 0.1 uniform = [0.253589,
+    0.632050, 0.114361]; a_t = 2, so the step of the replay above is weighted by
+    pi(2) / mu(2) = 0.090031 / 0.114361 = 0.787250."""
+    prefs = np.array([0.0, 1.0, -1.0])
+    pi = softmax_policy(prefs, np.ones(3, bool))
+    mu = 0.9 * pi + 0.1 / 3
+    new = bandit_step(prefs, 2, pi, 0.8 - 0.3, 0.1, behaviour=mu)
+    assert new == pytest.approx([-0.0096331, 0.9738145, -0.9641813], abs=1e-6)
+    assert bandit_step(prefs, 2, pi, 0.5, 0.1, behaviour=pi) == pytest.approx(
+        bandit_step(prefs, 2, pi, 0.5, 0.1)
+    )
+
+
+def test_the_weighted_step_follows_the_softmax_policys_gradient_in_expectation():
+    """Sutton & Barto's update ascends the softmax policy's expected reward: E_pi[(R - b)(e_a -
+    pi)] = sum_a pi(a) r(a) (e_a - pi). Actions drawn from the mix mu instead: the step weighted
+    by pi / mu has exactly that expectation over mu; unweighted, it has another."""
+    prefs = np.array([2.0, 0.0, -1.0, 0.5])
+    reward = np.array([0.3, -1.0, 2.0, 0.1])  # expected advantage of each action
+    pi = softmax_policy(prefs, np.ones(4, bool))
+    mu = 0.7 * pi + 0.3 / 4
+    gradient = sum(pi[a] * reward[a] * (np.eye(4)[a] - pi) for a in range(4))
+
+    def expected(weighted: bool) -> np.ndarray:
+        steps = [
+            bandit_step(prefs, a, pi, reward[a], 1.0, behaviour=mu if weighted else None) - prefs
+            for a in range(4)
+        ]
+        return sum(mu[a] * steps[a] for a in range(4))
+
+    assert expected(weighted=True) == pytest.approx(gradient, abs=1e-12)
+    assert not np.allclose(expected(weighted=False), gradient, atol=1e-3)
+
+
+def test_adaptive_weights_its_step_by_softmax_over_the_mix_it_drew_from():
+    """Preferences set by hand (not uniform), exploration 0.1: position 1's class step is
+    lr (R - R̄) pi(c)/mu(c) (e_c - pi), pi the softmax of those preferences and mu = 0.9 pi +
+    0.1 / 10 (position 0's first z-scored reward is 0, so it moves nothing)."""
+    targets, images, groups = _one_group_pool()
+    strategy = AdaptiveStrategy(targets, 10, 100, class_groups=groups, seed=0)
+    strategy.select(0, 0)  # builds the state
+    strategy.class_prefs[:] = np.linspace(-1.0, 1.0, 10)
+    pi = softmax_policy(strategy.class_prefs, np.ones(10, bool))
+    picks = [strategy.select(p, 1) for p in range(2)]
+    assert strategy.choices[1].class_drawn == pytest.approx(0.9 * pi + 0.01)
+    before = strategy.state()["class_prefs"]
+    strategy.observe(0, picks[0], images[picks[0]], [{"probabilities": [0.1] * 10}])
+    assert np.array_equal(strategy.state()["class_prefs"], before)
+    strategy.observe(1, picks[1], images[picks[1]], [{"probabilities": [0.0] * 9 + [1.0]}])
+    c = int(targets[picks[1][0]])
+    advantage = float(np.mean(strategy.state()["last_rewards"]))  # R̄ was 0
+    weight = pi[c] / (0.9 * pi[c] + 0.01)
+    step = strategy.config.lr * advantage * weight * (np.eye(10)[c] - pi)
+    assert abs(advantage) > 0.1 and weight != pytest.approx(1.0, abs=0.01)
+    assert strategy.state()["class_prefs"] - before == pytest.approx(step, abs=1e-12)
+
+
 def test_rewards_use_only_what_was_disclosed():
     label = parse_answer({"label": 2}, 4)
     assert certainty(label) is None
@@ -185,6 +243,51 @@ def test_rewards_use_only_what_was_disclosed():
     assert knockoff_loss(label, a) == pytest.approx(-np.log(0.3))
 
 
+def test_the_group_level_step_is_the_same_rule_on_the_groups_policy():
+    """The hierarchy: a group is drawn, then a class inside it; both levels take the weighted
+    Sutton & Barto step with the same advantage, each on its own policy (10 groups of 4)."""
+    targets, images, groups = _pool(n=800)
+    strategy = AdaptiveStrategy(targets, 10, 100, class_groups=groups, seed=0)
+    strategy.select(0, 0)
+    strategy.group_prefs[:] = np.linspace(0.5, -0.5, 10)
+    pi = softmax_policy(strategy.group_prefs, np.ones(10, bool))
+    picks = [strategy.select(p, 1) for p in range(2)]
+    before = strategy.state()
+    strategy.observe(0, picks[0], images[picks[0]], [{"probabilities": [0.1] * 10}])
+    strategy.observe(1, picks[1], images[picks[1]], [{"probabilities": [0.0] * 9 + [1.0]}])
+    c = int(targets[picks[1][0]])
+    g = c // 4
+    advantage = float(np.nanmean(strategy.state()["last_rewards"]))
+    step = strategy.config.lr * advantage * pi[g] / (0.9 * pi[g] + 0.01) * (np.eye(10)[g] - pi)
+    assert abs(advantage) > 0.1
+    assert strategy.state()["group_prefs"] - before["group_prefs"] == pytest.approx(step)
+    moved = strategy.state()["class_prefs"] - before["class_prefs"]
+    inside = np.arange(g * 4, g * 4 + 4)
+    assert np.count_nonzero(moved) == 4 and np.all(moved[inside] != 0)  # the group's classes
+    uniform = np.full(4, 0.25)  # the classes' policy was still uniform: weight 1
+    expected = strategy.config.lr * advantage * (np.eye(4)[c - g * 4] - uniform)
+    assert moved[inside] == pytest.approx(expected)
+
+
+def test_diversity_is_the_answers_excess_over_the_running_mean_answer():
+    """Knockoff Nets' R_div = sum_k max(0, y_k - mean_k); the mean is an exponential moving
+    average of the answers (decay 0.98, from uniform), updated after each reward."""
+    mean = np.array([0.4, 0.3, 0.3])
+    assert diversity(parse_answer({"probabilities": [0.7, 0.2, 0.1]}, 3), mean) == (
+        pytest.approx(0.3)
+    )
+    assert diversity(parse_answer({"label": 1}, 3), np.array([0.2, 0.5, 0.3])) == (
+        pytest.approx(0.5)
+    )
+    assert diversity(parse_answer({"probabilities": [0.4, 0.3, 0.3]}, 3), mean) == 0.0
+    targets, images, groups = _one_group_pool()
+    strategy = AdaptiveStrategy(targets, 10, 100, class_groups=groups, seed=0)
+    pick = strategy.select(0, 1)
+    answer = [0.0] * 9 + [1.0]
+    strategy.observe(0, pick, images[pick], [{"probabilities": answer}])
+    assert strategy.state()["mean_answer"] == pytest.approx(0.98 * 0.1 + 0.02 * np.array(answer))
+
+
 @pytest.mark.parametrize("mode", ["topk", "label"])
 def test_adaptive_rewards_from_partial_answers_stay_in_range(mode):
     targets, images, groups = _pool(n=800)
@@ -199,12 +302,14 @@ def test_exploration_keeps_every_group_in_the_sample_when_rewards_favour_a_few()
     """With a step size that collapses the softmax (0.5, no mix) the dark groups starve; with
     EXP3's uniform share g each of the 10 groups keeps at least about g / 10 of the picks."""
     targets, images, groups = _pool()
+    held = np.bincount(targets // 4, minlength=10)
     shares = {}
     for mix in (0.0, 0.3):
         config = AdaptiveConfig(lr=0.5, exploration=mix)
         strategy = AdaptiveStrategy(targets, 10, 2000, class_groups=groups, seed=0, config=config)
-        late = targets[_drive(strategy, images, 2000, 8, 2, "probs")[-1000:]] // 4
-        shares[mix] = np.bincount(late, minlength=10) / 1000
+        picked = targets[_drive(strategy, images, 2000, 8, 2, "probs")] // 4
+        left = np.bincount(picked, minlength=10) < held  # groups never emptied
+        shares[mix] = (np.bincount(picked[-1000:], minlength=10) / 1000)[left]
     assert shares[0.0].min() < 0.01, shares  # the collapse the mix is there to prevent
     assert shares[0.3].min() > 0.015, shares  # g / 10 = 0.03, less noise and emptied classes
 
