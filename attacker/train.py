@@ -93,6 +93,7 @@ class KnockoffResult:
     budget: int
     checkpoint: Path | None
     val_agreement: float
+    """Agreement with the victim on the held-out answers (nan where none were held out)."""
     best_epoch: int
     seconds: float
     class_counts: dict[int, int] = field(default_factory=dict)
@@ -107,7 +108,8 @@ def epochs_for(n_train: int, options: KnockoffOptions) -> int:
 def train_knockoff(
     transfer: TransferSet, options: KnockoffOptions, out: Path | None = None
 ) -> tuple[Classifier, KnockoffResult]:
-    """A fresh model trained on the whole given transfer set (split into train and validation).
+    """A fresh model trained on the whole given transfer set (split into train and validation;
+    `val_fraction=0` trains on every answer, keeping the last epoch).
 
     The split and the batches are drawn over the rows in `content_order`, seeded: the same
     answers in any order give the same knockoff."""
@@ -115,10 +117,14 @@ def train_knockoff(
     if n < 10:
         raise TestbedError(f"a transfer set of {n} answers is too small to train on")
     check_keep(options.keep)
+    if not 0 <= options.val_fraction < 1:
+        raise TestbedError(f"val_fraction must be in [0, 1), not {options.val_fraction}")
+    if options.val_fraction == 0 and options.keep == "best":
+        raise TestbedError("keep=best needs held-out answers: a val_fraction above 0")
     device = resolve_device(options.device)
     rng = np.random.default_rng(options.seed)
     order = content_order(transfer)[rng.permutation(n)]
-    n_val = max(1, int(n * options.val_fraction))
+    n_val = max(1, int(n * options.val_fraction)) if options.val_fraction > 0 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     labels = transfer.labels.numpy()
     if options.balance:
@@ -143,7 +149,7 @@ def train_knockoff(
     summary = KnockoffResult(
         budget=n,
         checkpoint=None,
-        val_agreement=result.best_val_accuracy,
+        val_agreement=result.best_val_accuracy if n_val else float("nan"),
         best_epoch=result.best_epoch,
         seconds=result.seconds,
         class_counts={int(k): int(v) for k, v in counts.items()},
@@ -163,7 +169,7 @@ def train_knockoff(
                 "output_mode": transfer.mode,
                 "run": transfer.run,
                 "options": {k: v for k, v in asdict(options).items() if k != "progress"},
-                "val_agreement": result.best_val_accuracy,
+                "val_agreement": result.best_val_accuracy if n_val else None,
                 "best_epoch": result.best_epoch,
                 "epochs": config.epochs,
             },  # fmt: skip

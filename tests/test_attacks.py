@@ -93,6 +93,17 @@ def test_jacobian_augmentation_replays_papernot_on_a_hand_made_knockoff():
     ]  # fmt: skip
 
 
+def test_each_rounds_substitute_learns_every_label_as_in_the_paper():
+    """Papernot et al. train the substitute on all of S_rho: no held-out tenth, no epoch chosen
+    on one, no translations (`train_knockoff` with val_fraction 0 trains on every answer,
+    tests/test_knockoff.py); the final knockoff keeps the attack's usual recipe."""
+    attack = make_attack("jbda", {"round_epochs": 4, "epochs": 9})
+    options = attack.substitute_options()
+    assert (options.val_fraction, options.keep, options.pad, options.epochs) == (0.0, "last", 0, 4)
+    final = attack.knockoff_options()
+    assert (final.val_fraction, final.pad, final.epochs) == (0.1, 2, 9)
+
+
 def test_the_seed_set_is_balanced_and_seeded():
     params = make_attack("jbda", {"seed_per_class": 3}).params
     seeds = seed_set(params, 32)

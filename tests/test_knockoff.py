@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from attacker.train import KnockoffOptions, balance_indices, train_budgets, trai
 from attacker.transfer import load_transfer_set
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
+from shared.errors import TestbedError
 from shared.imaging import encode_image
 from shared.pipeline import Blackbox
 from shared.schemas import parse_answer
@@ -132,7 +134,6 @@ def test_each_budget_trains_a_fresh_model(transfer_db, tmp_path):
 def test_the_same_answers_in_another_order_train_the_same_knockoff(transfer_db):
     """Two strategies that sent the same images (the whole pool) must differ by what they
     asked, not by which rows the seeded split and batches happened to pick."""
-    from dataclasses import replace
 
     asked = load_transfer_set(transfer_db, budget=120)
     shuffle = torch.from_numpy(np.random.default_rng(5).permutation(120))
@@ -151,7 +152,6 @@ def test_the_same_answers_in_another_order_train_the_same_knockoff(transfer_db):
 def test_content_order_follows_the_images_not_the_last_bits_of_the_answers(transfer_db):
     """The victim's answers for the same image move in the last float bits with the batch it
     was answered in, so the order must come from the images."""
-    from dataclasses import replace
 
     from attacker.train import content_order
 
@@ -204,6 +204,24 @@ def test_min_steps_adds_epochs_to_small_transfer_sets_only(transfer_db, tmp_path
     _, result = train_knockoff(load_transfer_set(transfer_db, budget=60), quick, tmp_path / "k.pt")
     _, card = load_checkpoint(result.checkpoint)
     assert card.extra["epochs"] == 6  # 54 training images: 2 steps an epoch, 12 steps
+
+
+def test_val_fraction_zero_trains_on_every_answer_and_keeps_the_last_epoch(transfer_db, tmp_path):
+    """JBDA's substitutes learn every label (Papernot et al.): nothing held out, so no epoch
+    can be chosen on held-out answers; a tenth held out is the default."""
+    transfer = load_transfer_set(transfer_db, budget=60)
+    every = KnockoffOptions(arch="cnn5", epochs=2, batch_size=32, val_fraction=0.0, keep="last",
+                            progress=False, amp=False)  # fmt: skip
+    _, result = train_knockoff(transfer, every, tmp_path / "k.pt")
+    assert sum(result.class_counts.values()) == 60 and result.best_epoch == 2
+    assert np.isnan(result.val_agreement)
+    assert load_checkpoint(result.checkpoint)[1].extra["val_agreement"] is None
+    _, split = train_knockoff(transfer, replace(every, val_fraction=0.1))
+    assert sum(split.class_counts.values()) == 54 and 0 <= split.val_agreement <= 1
+    with pytest.raises(TestbedError, match="keep=best needs held-out answers"):
+        train_knockoff(transfer, replace(every, keep="best"))
+    with pytest.raises(TestbedError, match=r"val_fraction must be in \[0, 1\)"):
+        train_knockoff(transfer, replace(every, val_fraction=1.0))
 
 
 # --------------------------------------------------------------------------- evaluation

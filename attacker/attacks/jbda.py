@@ -10,7 +10,9 @@ variant; tau unset keeps lambda fixed). Queries double each round: the budget is
 What the attacker is assumed to have: `seed_per_class` labelled images per class from a small
 seed source of the victim's task (the paper used 150 images of the MNIST *test* set; here by
 default the `test` split of `seed_dataset`). Their own labels only pick a balanced seed set; the
-knockoff is trained on the victim's answers. Deviations, said here and in the README: each
+knockoff is trained on the victim's answers. Each round's substitute trains on every label so
+far, without translations, and keeps its last epoch; the final knockoff is trained as every
+knockoff here (a held-out tenth, translations). Deviations, said here and in the README: each
 round trains a fresh knockoff (the reference code warm-starts), and each synthetic image is
 clipped to [0, 1] and quantized to 8 bits, since the API takes image files.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +40,9 @@ from attacker.store import PlannedImage, Run, open_store, planned_images, store_
 from attacker.writer import finish_run, stored_answers
 from shared.errors import TestbedError
 from shared.imaging import encode_image, resize
+
+if TYPE_CHECKING:
+    from attacker.train import KnockoffOptions
 
 
 class JBDAParams(AttackParams):
@@ -195,6 +201,14 @@ class JBDA(Attack):
             session.add(run)
         return run, False
 
+    def substitute_options(self, progress: bool = False) -> KnockoffOptions:
+        """A round's substitute learns every label so far, as the paper's does: no held-out
+        tenth (so its last epoch's weights) and no translations, unlike the final knockoff."""
+        return replace(
+            self.knockoff_options(progress), epochs=self.params.round_epochs, val_fraction=0.0,
+            keep="last", pad=0,
+        )  # fmt: skip
+
     def _augment(self, config: QueryConfig, run_id: int, rho: int, n0: int) -> np.ndarray:
         """Round rho's new images: train the substitute on S_{rho-1}'s labels, then step each
         image of S_{rho-1} along the sign of the substitute's gradient for its victim label."""
@@ -204,8 +218,7 @@ class JBDA(Attack):
         p = self.params
         labelled = round_span(n0, rho - 1).stop
         transfer = load_transfer_set(config.db, run_id, labelled)
-        options = replace(self.knockoff_options(config.progress), epochs=p.round_epochs)
-        model, _ = train_knockoff(transfer, options)
+        model, _ = train_knockoff(transfer, self.substitute_options(config.progress))
         model = model.cpu().float()
         lam = step_size(p.lam, rho - 1, p.tau)
         out = []
