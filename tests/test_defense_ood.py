@@ -13,7 +13,7 @@ import torch
 from defense.baselines import KNN, Mahalanobis, energy, msp, odin
 from defense.evaluate import detection_metrics, evaluate_ood, ood_markdown
 from defense.features import parse_spec
-from defense.ood import OODFilter, threshold_for_tnr, train_ood
+from defense.ood import OODFilter, fit_logistic, threshold_for_tnr, train_ood
 from shared.errors import TestbedError
 from tests.servers import ROOT
 
@@ -213,6 +213,25 @@ def test_msp_energy_and_mahalanobis_scores_on_hand_made_numbers():
     assert maha.means == pytest.approx(np.array([[0.0, 0], [4, 0]]))
     # (1, 1): 2 * (1 + 1) = 4 to class 0, 2 * (9 + 1) = 20 to class 1; (3, 0): 18 and 2
     assert maha.score(np.array([[1.0, 1], [3, 0]])) == pytest.approx([-4.0, -2.0], abs=1e-4)
+
+
+def test_the_filters_regression_is_balanced_l2_logistic_regression_at_its_optimum():
+    """Atli et al.'s head: L2 logistic regression (L-BFGS), C from k-fold CV over a grid. At
+    the returned weights the gradient of C sum_i s_i logloss_i + |w|^2 / 2 vanishes with the
+    balanced weights s_i = n / (2 n_class(i)); with s_i = 1 it would not."""
+    rng = np.random.default_rng(0)
+    x_in, x_out = rng.normal(size=(60, 2)), rng.normal(size=(40, 2)) + [1.5, 0.0]
+    mean, scale, coef, intercept, info = fit_logistic(x_in, x_out, folds=5)
+    assert info["cs"] == pytest.approx(np.logspace(-4, 2, 7)) and info["folds"] == 5
+    assert info["C"] in info["cs"]
+    x = (np.concatenate([x_in, x_out]) - mean) / scale
+    y = np.r_[np.zeros(60), np.ones(40)]
+    residual = 1 / (1 + np.exp(-(x @ coef + intercept))) - y
+    balanced = np.where(y == 1, 100 / 80, 100 / 120)
+    c = info["C"]
+    assert np.abs(balanced * residual @ x + coef / c).max() < 0.02
+    assert abs((balanced * residual).sum()) < 0.02
+    assert abs(residual.sum()) > 1.0  # unweighted, the intercept's condition fails
 
 
 def test_odin_steps_against_the_loss_of_the_predicted_class_then_tempers():
