@@ -2,8 +2,9 @@
 
 Preferences H, policy pi = softmax(H) over the available actions. After reward R_t for action
 a_t with baseline R̄: H(a_t) += alpha (R_t - R̄)(1 - pi(a_t)) and H(a) -= alpha (R_t - R̄) pi(a)
-for every other a, where pi is the policy a_t was *sampled from*. The caller keeps that policy
-with each pending action, because answers arrive batches after the choice, when H has moved.
+for every other a, where pi is the policy standing when a_t was *sampled*, not the one standing
+when its reward arrives: the caller keeps it with each pending action, because answers arrive
+batches after the choice, when H has moved.
 
 Where a_t was drawn from another policy mu (the strategy's exploring mix of pi with a uniform
 share), the step is weighted by pi(a_t) / mu(a_t): its expectation over mu is then the gradient
