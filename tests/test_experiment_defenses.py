@@ -14,7 +14,16 @@ from scenarios.experiments.registry import get
 def test_defenses_quick_through_the_real_service(quick_experiments, tmp_path, monkeypatch):
     out = tmp_path / "results" / "defenses"
     lines: list[str] = []
+    in_flight: list[int] = []
+    real_target = defenses.Target
+
+    def target(**kwargs):  # PRADA reads a client's queries in order: one request at a time
+        in_flight.append(kwargs["concurrency"])
+        return real_target(**kwargs)
+
+    monkeypatch.setattr(defenses, "Target", target)
     results = defenses.run(out, quick=True, say=lines.append)
+    assert in_flight and set(in_flight) == {1}, in_flight
 
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))

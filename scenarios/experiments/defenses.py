@@ -160,8 +160,13 @@ def _attack(kind: str, config: DefensesConfig, seed: int):
 
 
 def _stream(url: str, key: str, attack, db: Path) -> dict:
-    """Run one attacker against a PRADA service until its budget or its first refusal."""
-    target = Target(url=url, db=db, api_key=key, concurrency=4, batch_size=8, progress=False)
+    """Run one attacker against a PRADA service until its budget or its first refusal.
+
+    One request at a time: PRADA reads a client's queries as a sequence, so requests in flight
+    together reach it in whichever order they arrive, and its verdict changed with that order
+    (a Copycat client of the quick scale was caught after 456 answers in one run, never in the
+    next, at 4 requests in flight)."""
+    target = Target(url=url, db=db, api_key=key, concurrency=1, batch_size=8, progress=False)
     try:
         result = attack.query(target)
         refused = False
