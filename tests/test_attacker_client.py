@@ -80,6 +80,14 @@ def test_too_many_images_is_fatal_413(service):
     assert caught.value.status == 413
 
 
+def test_an_image_the_service_refuses_is_fatal_at_once(service):
+    start = time.monotonic()
+    with pytest.raises(FatalAPIError, match="rejected the request as malformed") as caught:
+        asyncio.run(_call(service, "k1", [b"these bytes are no image"]))
+    assert caught.value.status == 400 and caught.value.kind == "not_an_image"
+    assert time.monotonic() - start < 10  # not retried: the same bytes get the same answer
+
+
 def test_wrong_url_fails_fast_with_a_clear_message(service):
     dead = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()

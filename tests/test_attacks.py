@@ -18,7 +18,16 @@ from attacker.attacks import ATTACKS, Target, make_attack
 from attacker.attacks.jbda import jacobian_augment, round_span, seed_set, step_size
 from attacker.cli import app as cli
 from attacker.export import export_run
-from attacker.store import Blob, PlannedImage, Query, Run, open_store, pixels_digest
+from attacker.store import (
+    Blob,
+    PlannedImage,
+    Query,
+    Run,
+    open_store,
+    pixels_digest,
+    read_blobs,
+    store_blobs,
+)
 from attacker.transfer import load_transfer_set
 from benchmarks.common import throwaway_victim
 from shared.errors import TestbedError, UnknownNameError
@@ -153,6 +162,23 @@ def test_jbda_through_the_service_killed_and_resumed(tmp_path):
     assert exported.images == 80
     files = sorted((tmp_path / "export" / "images").rglob("*.png"))
     assert {hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == set(plan.values())
+
+
+def test_a_stored_image_is_checked_against_its_sha256_when_read_back(tmp_path):
+    """Training and export read blobs through `read_blobs`: a changed byte or a missing blob is
+    a one-line error, never a wrong image."""
+    sessions = open_store(tmp_path / "t.sqlite")
+    with sessions() as session, session.begin():
+        good, bad = store_blobs(session, [b"first image", b"second image"])
+    with sessions() as session:
+        assert read_blobs(session, [good, bad])[good] == b"first image"
+    with sessions() as session, session.begin():
+        session.get(Blob, bad).data = b"second imagE"
+    with sessions() as session:
+        with pytest.raises(TestbedError, match=f"stored image {bad} is corrupt"):
+            read_blobs(session, [good, bad])
+        with pytest.raises(TestbedError, match="no stored image with sha256 0{64}"):
+            read_blobs(session, ["0" * 64])
 
 
 def test_an_old_database_gains_the_blob_tables_and_an_incompatible_one_is_refused(tmp_path):

@@ -10,12 +10,20 @@ from typer.testing import CliRunner
 
 from scenarios.cli import app
 from scenarios.experiments import granularity, steps
-from scenarios.experiments.cache import config_hash
+from scenarios.experiments.cache import cached_path, config_hash
 
 
 def test_config_hash_is_stable_and_order_free():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_each_cached_artefact_has_its_configuration_written_beside_it(tmp_path):
+    config = {"dataset": "digits", "epochs": 8, "nested": {"lr": 0.05}}
+    path = cached_path("victims", config, ".pt", root=tmp_path)
+    key = config_hash(config)
+    assert path == (tmp_path / "victims" / f"{key}.pt").resolve() and not path.exists()
+    assert json.loads(path.with_name(f"{key}.json").read_text()) == config
 
 
 def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):

@@ -7,7 +7,8 @@ map of y that an attacker inverts exactly, so gamma must stay away from 1.
 Defaults are ART's `ReverseSigmoid` postprocessor (beta = 1.0, gamma = 0.1), the setting most
 used in practice: gamma 0.1 flattens the sigmoid so that small probabilities are pushed up and
 reordered while the answer keeps the victim's top class. ModelGuard's benchmark uses
-beta = 0.008, gamma = 0.2, which moves no probability by more than 0.004: too gentle to be
+beta = 0.008, gamma = 0.2, which subtracts at most 0.004 from a probability before the
+renormalization (a confident 10-class answer moves by 0.014-0.025 after it): too gentle to be
 the default. Where the raw formula would move the top class (beta * gamma large, or an
 extremely confident row), `keep_argmax` restores it; everywhere else the output is the formula.
 """
