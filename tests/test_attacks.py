@@ -49,6 +49,11 @@ def test_attacks_are_registered_by_name_with_parameters_validated_in_one_place()
         make_attack("jbda", {"lam": 2, "colour": "red"})
     result = CliRunner().invoke(cli, ["attack", "jbda", "--url", "http://x", "--set", "lam"])
     assert result.exit_code == 2 and "--set takes key=value" in result.output
+    listed = CliRunner().invoke(cli, ["attacks"])  # every attack with its parameters' defaults
+    assert listed.exit_code == 0
+    for name in ATTACKS:
+        assert f"{name}: " in listed.output
+    assert "budget = required" in listed.output and "round_epochs = 10" in listed.output
 
 
 def test_copycat_trains_on_balanced_hard_labels_whatever_the_api_disclosed(tmp_path):
