@@ -102,6 +102,18 @@ def test_label_action_gives_flagged_rows_the_label_only(victim_checkpoint, detec
         assert set(rows[0]) == {"label"} or rows[0].get("probabilities") is None
         assert rows[1].get("probabilities") is None and rows[1]["label"] is not None
         assert rows[2]["probabilities"] is not None
+        # the same images on /v2: its FP32 output has a vector for every row, so a row given the
+        # label only comes back as that label's one-hot vector
+        batch = np.stack([natural[0], natural[1], digits[0]])
+        body = {"inputs": [{"name": "images", "shape": list(batch.shape), "datatype": "UINT8",
+                            "data": batch.ravel().tolist()}]}  # fmt: skip
+        answer = httpx.post(f"{url}/v2/models/victim/infer", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        vectors = np.asarray(output["data"], dtype=np.float64).reshape(3, -1)
+        for row, vector in zip(rows[:2], vectors[:2], strict=True):
+            assert vector.tolist() == np.eye(len(vector))[row["label"]].tolist()
+        assert vectors[2] == pytest.approx(rows[2]["probabilities"], abs=1e-6)
 
 
 def test_every_defense_on_by_env_still_serves_benign_clients(victim_checkpoint, detector, images):
