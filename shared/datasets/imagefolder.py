@@ -23,6 +23,14 @@ HELD_OUT_SEED = 0
 """Fixed, not the training seed: every command sees the same test images for one tree."""
 
 
+def existing_tree(root: str | Path) -> Path:
+    """The tree's folder, user-expanded; a folder that is not there is one clear line."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MissingDataError(f"image folder {root} does not exist")
+    return root
+
+
 def read_tree(
     root: str | Path,
     cache_key: str | None = None,
@@ -32,9 +40,7 @@ def read_tree(
     """Every image of one ImageFolder tree; `classes` fixes the label order (a test tree's)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise MissingDataError(f"image folder {root} does not exist")
+    root = existing_tree(root)
     try:
         found, _ = find_classes(str(root))
     except (FileNotFoundError, RuntimeError) as exc:
@@ -75,9 +81,7 @@ def imagefolder(
     root: str | Path, split: str = "train", *, flip_invariant: bool | None = None
 ) -> FileDataset:
     """One split of a user's tree; `flip_invariant` overrides the tree's `.no-flip` marker."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise MissingDataError(f"image folder {root} does not exist")
+    root = existing_tree(root)
     name = f"imagefolder:{root}"
     if (root / "train").is_dir() and (root / "test").is_dir():
         train = read_tree(root / "train", name=name)

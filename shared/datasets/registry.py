@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from shared.datasets.base import SPLITS, ImageDataset
-from shared.errors import MissingDataError, TestbedError, UnknownNameError
+from shared.errors import TestbedError, UnknownNameError
 
 DatasetFactory = Callable[..., ImageDataset]
 _REGISTRY: dict[str, DatasetFactory] = {}
@@ -28,9 +27,9 @@ def check_dataset(name: str) -> None:
     """Refuse an unknown dataset by name, or a user's tree that is not there, without loading
     anything: commands that train or query for minutes before they read a dataset check first."""
     if name.startswith("imagefolder:"):
-        root = Path(name.removeprefix("imagefolder:")).expanduser()
-        if not root.is_dir():
-            raise MissingDataError(f"image folder {root} does not exist")
+        from shared.datasets.imagefolder import existing_tree
+
+        existing_tree(name.removeprefix("imagefolder:"))
     elif name not in _REGISTRY:
         raise UnknownNameError("dataset", name, dataset_names())
 
