@@ -36,9 +36,8 @@ class UtilityConfig:
 
 
 def _label(name: str, values: dict[str, Any]) -> str:
-    shown = [
-        f"{k}={v}" for k, v in values.items() if not isinstance(v, Path | str) or k == "action"
-    ]
+    """`name(field=value,...)` for the values set; paths (the OOD artefact) are left out."""
+    shown = [f"{k}={v}" for k, v in values.items() if not isinstance(v, Path)]
     return f"{name}({','.join(shown)})" if shown else name
 
 
@@ -60,9 +59,12 @@ def default_configs(
     for d in defenses():
         for sweep in d.settings.sweeps or ({},):
             values = {**sweep, **overrides.get(d.name, {})}
-            if not d.enabled(d.read(values, env=False)):
+            settings = d.read(values, env=False)
+            if not d.enabled(settings):
                 continue  # e.g. the OOD filter without an artefact
-            configs.append(UtilityConfig(_label(d.name, values), {d.name: values}))
+            # labelled by the parsed values: a --set value arrives as a string ("0.1")
+            shown = {k: getattr(settings, k) for k in values}
+            configs.append(UtilityConfig(_label(d.name, shown), {d.name: values}))
             everything.setdefault(d.name, values)
     configs += [
         UtilityConfig(f"round({round_decimals})", granularity={"decimals": round_decimals}),

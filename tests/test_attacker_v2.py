@@ -14,12 +14,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from attacker.cli import app as cli
 from attacker.export import export_run
 from attacker.query import QueryConfig, run_query
 from attacker.store import (
+    Run,
     iter_queries,
     load_pool,
     load_run,
@@ -149,11 +151,16 @@ def kserve_server(victim):
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_cli_queries_a_third_party_kserve_server(victim, kserve_server, tmp_path, binary):
+@pytest.mark.parametrize("model_name", ["stolen", "stolen-nchw"], ids=["uint8-nhwc", "fp32-nchw"])
+def test_cli_queries_a_third_party_kserve_server(
+    victim, kserve_server, tmp_path, binary, model_name
+):
+    """The input's layout and type come from the model's metadata: UINT8 pixels in NHWC, or
+    FP32 values in [0, 1] in NCHW (the layout of a model exported from PyTorch)."""
     db = tmp_path / "kserve.sqlite"
     result = CliRunner().invoke(
         cli,
-        ["query", "--url", kserve_server, "--protocol", "v2", "--model", "stolen",
+        ["query", "--url", kserve_server, "--protocol", "v2", "--model", model_name,
          "--pool", "noise", "--pool-size", "64", "--pool-image-size", "32", "--budget", "20",
          "--batch-size", "8", "--db", str(db), "--binary" if binary else "--json-tensors"],
     )  # fmt: skip
@@ -172,3 +179,23 @@ def test_cli_queries_a_third_party_kserve_server(victim, kserve_server, tmp_path
     got = np.array([q.answer["probabilities"] for q in rows])
     np.testing.assert_allclose(got, expected, atol=1e-5)  # FP32 on the wire
     assert [q.label for q in rows] == expected.argmax(1).tolist()
+
+
+def test_cli_refuses_a_third_party_label_model_that_does_not_say_its_classes(
+    kserve_server, tmp_path
+):
+    """A label output (INT64) without the victim service's `num_outputs` parameter cannot be
+    turned into a transfer set: the knockoff's width is unknown. One line, and no run begun."""
+    db = tmp_path / "label.sqlite"
+    result = CliRunner().invoke(
+        cli,
+        ["query", "--url", kserve_server, "--protocol", "v2", "--model", "stolen-label",
+         "--pool", "noise", "--pool-size", "64", "--pool-image-size", "32", "--budget", "8",
+         "--db", str(db)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "model 'stolen-label' cannot be queried as an image classifier" in result.output
+    assert "its label output does not say how many classes there are" in result.output
+    assert "Traceback" not in result.output
+    with open_store(db)() as session:  # no run was begun
+        assert session.scalar(select(func.count()).select_from(Run)) == 0

@@ -77,3 +77,36 @@ def test_model_threads_follow_the_cpus_the_service_may_use():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_a_request_after_the_batcher_drained_gets_503_on_both_protocols(tmp_path):
+    """Through the real service: once the lifespan's shutdown has drained the micro-batcher, a
+    request that still reaches it is refused with 503 `not_ready` (not a 500, not a hang)."""
+    import httpx
+
+    from benchmarks.common import throwaway_victim
+    from shared.imaging import encode_image
+    from tests.servers import running_service
+    from victim_service.app import create_app
+    from victim_service.settings import VictimSettings
+
+    settings = VictimSettings(
+        checkpoint=throwaway_victim(tmp_path / "v.pt", arch="cnn5"), device="cpu", amp=False
+    )
+    app = create_app(settings)
+    png = encode_image(np.zeros((32, 32, 3), dtype=np.uint8))
+    tensor = {"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
+
+    def ask(client: httpx.Client) -> tuple[httpx.Response, httpx.Response]:
+        v1 = client.post("/v1/predict", files=[("images", ("a.png", png, "image/png"))])
+        v2 = client.post("/v2/models/victim/infer", json={"inputs": [tensor]})
+        return v1, v2
+
+    with running_service(settings, app=app) as url, httpx.Client(base_url=url) as client:
+        assert [r.status_code for r in ask(client)] == [200, 200]
+        asyncio.run(app.state.batcher.stop())  # what the lifespan's shutdown runs
+        v1, v2 = ask(client)
+    assert v1.status_code == 503 and v1.json()["error"]["kind"] == "not_ready"
+    assert v1.json()["error"]["message"] == "the service is shutting down"
+    assert v2.status_code == 503 and v2.json()["kind"] == "not_ready"
+    assert v2.json()["error"] == "the service is shutting down"

@@ -73,6 +73,12 @@ def test_artefact_is_self_contained_and_loads_weights_only(trained, tmp_path):
     torch.save(payload, tmp_path / "tampered.pt")
     with pytest.raises(TestbedError, match="does not match the sha256"):
         OODFilter.load(tmp_path / "tampered.pt")
+    payload = torch.load(trained.path, weights_only=True)
+    del payload["sha256"]  # as saved before the digest existed: still loads
+    torch.save(payload, tmp_path / "legacy.pt")
+    legacy = OODFilter.load(tmp_path / "legacy.pt")
+    assert legacy.threshold == trained.filter.threshold
+    assert np.allclose(legacy.score_images(x), trained.filter.score_images(x))
 
 
 def test_scratch_backbone_trains_on_the_binary_task(tmp_path):

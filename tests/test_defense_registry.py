@@ -127,3 +127,39 @@ def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch):
     assert line and "less than 1" in line[0]
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
         VictimSettings(defenses={"nope": {}})
+
+
+def test_evaluate_utility_command_writes_the_table_and_the_json(victim_checkpoint, tmp_path):
+    """`defense evaluate-utility`: every default row, overrides from the shortcut options and
+    from --set (a string on the command line) shown in the row's name and applied; a bad
+    --set is one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from defense.cli import app
+
+    out = tmp_path / "utility.json"
+    args = [
+        "evaluate-utility", "--victim", str(victim_checkpoint), "--dataset", "digits",
+        "--limit", "60", "--rs-beta", "0.5", "--set", "noise.std=0.25", "--json", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {row["defense"]: row for row in json.loads(out.read_text())["results"]}
+    assert list(rows) == [
+        "none", "prada(threshold=0.9)", "reverse_sigmoid(beta=0.5,gamma=0.1)", "noise(std=0.25)",
+        "round(2)", "top-1", "label-only", "all",
+    ]  # fmt: skip
+    assert rows["noise(std=0.25)"]["settings"] == {"noise": {"std": 0.25}}
+    assert rows["all"]["settings"]["reverse_sigmoid"]["beta"] == 0.5
+    assert (
+        rows["none"]["accuracy"] > 0.8
+        and rows["label-only"]["accuracy"] == rows["none"]["accuracy"]
+    )
+    assert "| noise(std=0.25) |" in result.output and f"wrote {out}" in result.output
+
+    bad = CliRunner().invoke(app, ["evaluate-utility", "--victim", str(victim_checkpoint),
+                                   "--dataset", "digits", "--set", "noise=0.1"])  # fmt: skip
+    assert bad.exit_code == 2 and "expected DEFENSE.FIELD=VALUE" in bad.output
+    assert "Traceback" not in bad.output
