@@ -13,7 +13,7 @@ import torch
 from attacker.defaults import KNOCKOFF
 from attacker.losses import answer_loss
 from attacker.transfer import TransferSet, load_transfer_set
-from shared.checkpoint import ModelCard, save_checkpoint
+from shared.checkpoint import ModelCard, check_writable, save_checkpoint
 from shared.device import resolve_device
 from shared.errors import TestbedError, check_choice
 from shared.models import Classifier, create_model
@@ -121,6 +121,8 @@ def train_knockoff(
         raise TestbedError(f"val_fraction must be in [0, 1), not {options.val_fraction}")
     if options.val_fraction == 0 and options.keep == "best":
         raise TestbedError("keep=best needs held-out answers: a val_fraction above 0")
+    if out is not None:
+        check_writable(out)
     device = resolve_device(options.device)
     rng = np.random.default_rng(options.seed)
     order = content_order(transfer)[rng.permutation(n)]

@@ -30,6 +30,7 @@ from defense.features import (
     torchvision_backbone,
     victim_backbone,
 )
+from shared.checkpoint import check_writable
 from shared.datasets import ImageDataset, check_dataset, load_dataset
 from shared.errors import TestbedError
 from shared.imaging import resize
@@ -266,6 +267,7 @@ def train_ood(
     start, cpu_start = time.perf_counter(), time.process_time()
     check_dataset(in_dataset)  # names before a backbone is built or any image read
     check_dataset(out_dataset)
+    check_writable(out, "OOD detector")
     kind, value = parse_spec(backbone)
     device = torch.device(device)
     net: Backbone | None = None

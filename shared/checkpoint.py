@@ -31,6 +31,20 @@ class ModelCard:
     extra: dict = field(default_factory=dict)
 
 
+def check_writable(path: str | Path, what: str = "checkpoint") -> Path:
+    """Fail before minutes of training, not after them: the folder is made and a file written
+    and removed beside `path` (the name the save writes first)."""
+    path = Path(path)
+    probe = path.with_suffix(path.suffix + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise TestbedError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def save_checkpoint(path: str | Path, model: Classifier, card: ModelCard) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

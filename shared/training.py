@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from shared.device import autocast
+from shared.errors import TestbedError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -74,6 +75,16 @@ class TrainConfig:
     description: str = "train"
     keep_best: bool = True
     """False: keep the last epoch's weights (validation is still measured and reported)."""
+
+    def __post_init__(self) -> None:
+        check_schedule(self.epochs, self.batch_size, self.lr)
+
+
+def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
+    """Refuse a schedule that trains nothing (0 epochs wrote an untrained model, exit 0)."""
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr)):
+        if not value > 0:
+            raise TestbedError(f"the {name} must be above 0, not {value}")
 
 
 @dataclass

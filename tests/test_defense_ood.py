@@ -128,6 +128,11 @@ def test_unknown_datasets_are_refused_before_any_image_is_read(tmp_path, monkeyp
         names = {"in_dataset": "digits", "out_dataset": "natural", **given}
         with pytest.raises(TestbedError, match="unknown dataset 'nope'"):
             defense.ood.train_ood(**names, backbone="defender:cnn5", out=tmp_path / "o.pt")
+    (tmp_path / "a-file").write_text("")  # an artefact that cannot be written: before, too
+    with pytest.raises(TestbedError, match="cannot write the OOD detector .*a-file/o.pt"):
+        defense.ood.train_ood(
+            "digits", "natural", "defender:cnn5", out=tmp_path / "a-file" / "o.pt"
+        )
 
 
 def test_torchvision_backbone_from_the_hub_cache_is_stored_in_the_artefact(tmp_path, monkeypatch):

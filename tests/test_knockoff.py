@@ -222,6 +222,11 @@ def test_val_fraction_zero_trains_on_every_answer_and_keeps_the_last_epoch(trans
         train_knockoff(transfer, replace(every, keep="best"))
     with pytest.raises(TestbedError, match=r"val_fraction must be in \[0, 1\)"):
         train_knockoff(transfer, replace(every, val_fraction=1.0))
+    (tmp_path / "a-file").write_text("")  # refused before training, not after it
+    with pytest.raises(TestbedError, match="cannot write the checkpoint .*a-file/k.pt"):
+        train_knockoff(transfer, every, tmp_path / "a-file" / "k.pt")
+    with pytest.raises(TestbedError, match="the epochs must be above 0, not 0"):
+        train_knockoff(transfer, replace(every, epochs=0))
 
 
 # --------------------------------------------------------------------------- evaluation

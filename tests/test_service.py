@@ -18,10 +18,11 @@ from PIL import Image
 from reliability.hostile import png_chunk, png_header
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
+from shared.errors import TestbedError
 from shared.imaging import encode_image
 from shared.pipeline import Blackbox, Granularity
 from tests.servers import ROOT, running_service, service_process
-from victim_service.settings import VictimSettings
+from victim_service.settings import VictimSettings, read_settings
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +331,40 @@ def test_bad_settings_are_refused_at_start():
         VictimSettings(rate_limit=1, rate_burst=2, max_images=8)
     with pytest.raises(ValueError):
         VictimSettings(output="everything")
+    with pytest.raises(TestbedError) as info:
+        read_settings(output="everything", top_k="many")
+    assert str(info.value) == (
+        "bad service settings: VICTIM_OUTPUT='everything': Input should be 'probs', 'topk' or "
+        "'label'; VICTIM_TOP_K='many': Input should be a valid integer, unable to parse string "
+        "as an integer"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"VICTIM_OUTPUT": "nope"}, "VICTIM_OUTPUT='nope'"),
+        ({"VICTIM_NOISE_STD": "-1"}, "VICTIM_NOISE_STD"),
+        ({"VICTIM_RATE_LIMIT": "2", "VICTIM_RATE_BURST": "4"}, "VICTIM_RATE_BURST (4)"),
+    ],
+    ids=["output", "defense", "across-fields"],
+)
+def test_a_bad_variable_stops_the_service_in_one_line(victim_checkpoint, env, named):
+    """Regression (a new user's walk through the README): a bad VICTIM_* value printed
+    pydantic's 45-line traceback from `victim-service serve` and from uvicorn's --factory."""
+    import os
+
+    commands = [
+        [sys.executable, "-m", "victim_service.cli", "serve", "--checkpoint",
+         str(victim_checkpoint), "--port", "9"],
+        [sys.executable, "-m", "uvicorn", "victim_service.app:create_app", "--factory",
+         "--port", "9"],
+    ]  # fmt: skip
+    for command in commands:
+        result = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "VICTIM_CHECKPOINT": str(victim_checkpoint), **env},
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: bad service settings: ") and named in line

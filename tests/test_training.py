@@ -94,6 +94,16 @@ def test_unknown_names_are_refused_before_any_image_is_read(monkeypatch, tmp_pat
                                    (missing, "cnn5", "does not exist")):  # fmt: skip
         with pytest.raises(TestbedError, match=message):
             victim_service.train.train_victim(dataset, arch, tmp_path / "v.pt")
+    # found by a new user's walk through the README: 0 epochs wrote an untrained model (exit
+    # 0), and an --out that cannot be written failed after the whole training, in a traceback
+    (tmp_path / "a-file").write_text("")
+    for kwargs, message in (({"epochs": 0}, "the epochs must be above 0, not 0"),
+                            ({"lr": -0.1}, "the learning rate must be above 0, not -0.1"),
+                            ({"out": tmp_path / "a-file" / "v.pt"},
+                             "cannot write the checkpoint .*a-file/v.pt")):  # fmt: skip
+        with pytest.raises(TestbedError, match=message):
+            victim_service.train.train_victim(**{"dataset": "digits", "arch": "cnn5",
+                                                 "out": tmp_path / "v.pt", **kwargs})  # fmt: skip
 
 
 def test_train_command_takes_unset_options_from_the_datasets_recipe(tmp_path):

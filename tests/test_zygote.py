@@ -51,7 +51,7 @@ def test_forked_services_take_the_callers_environment_as_it_is_now(
 def test_a_service_that_cannot_start_fails_at_once_with_its_exit_code(tmp_path: Path):
     start = time.monotonic()
     with (
-        pytest.raises(TestbedError, match="exited with code 3"),
+        pytest.raises(TestbedError, match="exited with code 2"),
         preloaded_service({"VICTIM_CHECKPOINT": str(tmp_path / "missing.pt")}, ready_timeout=300),
     ):
         pass

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from starlette.requests import ClientDisconnect
 from defense.registry import BuildContext, build_steps
 from shared.checkpoint import load_checkpoint
 from shared.device import resolve_device, usable_cpus
+from shared.errors import TestbedError
 from shared.imaging import ImageError, ImageTooLargeError, decode_image, resize
 from shared.pipeline import Blackbox, Granularity
 from shared.schemas import (
@@ -45,7 +47,7 @@ from victim_service.logs import log_like_uvicorn
 from victim_service.memory import tune_malloc
 from victim_service.metrics import ServiceMetrics
 from victim_service.multipart import boundary_of, split_images
-from victim_service.settings import VictimSettings
+from victim_service.settings import VictimSettings, read_settings
 from victim_service.v2 import v2_router
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
@@ -103,9 +105,24 @@ async def authenticate(request: Request) -> str:
 Client = Annotated[str, Depends(authenticate)]
 
 
+def _from_environment() -> tuple[VictimSettings, Blackbox]:
+    """For `uvicorn victim_service.app:create_app --factory`: a bad `VICTIM_*` value or a
+    refused checkpoint prints one line and exits 2, as `victim-service serve` does (uvicorn
+    would print a traceback). The model loads here, before uvicorn binds its port."""
+    try:
+        settings = read_settings()
+        log_like_uvicorn()  # before loading: a defense may warn
+        return settings, load_blackbox(settings)
+    except TestbedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def create_app(settings: VictimSettings | None = None, blackbox: Blackbox | None = None) -> FastAPI:
-    """The app; `blackbox` when the caller loaded it already (the CLI does, to fail cleanly)."""
-    settings = settings or VictimSettings()
+    """The app; `blackbox` when the caller loaded it already (the CLI does, to fail cleanly).
+    Without `settings` (uvicorn's `--factory`), from the environment alone."""
+    if settings is None:
+        settings, blackbox = _from_environment()
     tune_malloc()  # before the decoding and model threads start (see memory.py)
     log_like_uvicorn()  # a defense's warning at load, in the server's format
     metrics = ServiceMetrics(settings.metrics_max_clients)

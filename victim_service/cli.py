@@ -82,7 +82,7 @@ def serve(
     from shared.errors import TestbedError
     from victim_service.app import create_app, load_blackbox
     from victim_service.logs import log_like_uvicorn
-    from victim_service.settings import VictimSettings
+    from victim_service.settings import read_settings
 
     if not checkpoint.exists():
         raise TestbedError(
@@ -90,7 +90,7 @@ def serve(
         )
     overrides = {"checkpoint": checkpoint, "output": output, "top_k": top_k,
                  "round_decimals": round_decimals, "device": device}  # fmt: skip
-    settings = VictimSettings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = read_settings(**{k: v for k, v in overrides.items() if v is not None})
     log_like_uvicorn()  # before loading: a defense may warn
     blackbox = load_blackbox(settings)  # a refused checkpoint or OOD file: one line, exit 2
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from defense.registry import DefenseSettings, read_all, split_flat
@@ -93,5 +93,30 @@ class VictimSettings(BaseSettings):
         if self.rate_limit is not None and self.rate_burst is None:
             self.rate_burst = max(self.max_images, int(self.rate_limit))
         if self.rate_burst is not None and self.rate_burst < self.max_images:
-            raise ValueError("VICTIM_RATE_BURST must be at least VICTIM_MAX_IMAGES")
+            raise ValueError(
+                f"VICTIM_RATE_BURST ({self.rate_burst}) must be at least VICTIM_MAX_IMAGES "
+                f"({self.max_images}): a smaller bucket refuses every full-size request"
+            )
         return self
+
+
+def read_settings(**overrides: Any) -> VictimSettings:
+    """The settings from `VICTIM_*` and `overrides` (these win); a bad value is one
+    `TestbedError` line naming its variable, not pydantic's page."""
+    try:
+        return VictimSettings(**overrides)
+    except ValidationError as exc:
+        raise TestbedError(f"bad service settings: {settings_problems(exc)}") from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Each problem as `VICTIM_NAME='value': why`; whole-model checks by their message."""
+    problems = []
+    for error in exc.errors():
+        why = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            name = f"VICTIM_{str(error['loc'][0]).upper()}"
+            problems.append(f"{name}={error['input']!r}: {why}")
+        else:  # a defense's settings, or a rule across fields (their messages name them)
+            problems.append(why)
+    return "; ".join(problems)

@@ -10,11 +10,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.checkpoint import ModelCard, save_checkpoint
+from shared.checkpoint import ModelCard, check_writable, save_checkpoint
 from shared.datasets import check_dataset, load_dataset
 from shared.device import resolve_device
 from shared.models import check_arch, create_model
-from shared.training import TrainConfig, accuracy, dataset_stats, fit, to_tensor
+from shared.training import (
+    TrainConfig,
+    accuracy,
+    check_schedule,
+    dataset_stats,
+    fit,
+    to_tensor,
+)
 from victim_service.recipes import recipe_for
 
 
@@ -59,6 +66,8 @@ def train_victim(
     batch_size = recipe.batch_size if batch_size is None else batch_size
     lr = recipe.lr if lr is None else lr
     input_size = recipe.input_size if input_size is None else input_size
+    check_schedule(epochs, batch_size, lr)
+    check_writable(out)
     dev = resolve_device(device)
     train_set = load_dataset(dataset, "train", image_size=input_size, seed=seed)
     test_set = load_dataset(dataset, "test", image_size=input_size, seed=seed)
