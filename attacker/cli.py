@@ -37,7 +37,9 @@ def query(
         False, help="Send images at the pool's size instead of the API's input size"
     ),
     limit: int | None = typer.Option(None, help="Stop after this many new images (resumable)"),
-    retries: int = typer.Option(10, help="Retries per request on errors and 5xx"),
+    retries: int = typer.Option(
+        10, help="Retries per request on errors and 5xx (the first contact: at most 2)"
+    ),
     timeout: float = typer.Option(30.0, help="Seconds per request"),
     protocol: str = typer.Option(
         "v1",

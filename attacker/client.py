@@ -42,6 +42,10 @@ class FatalAPIError(TestbedError):
         self.status, self.kind = status, kind
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter; the delays of attempts 1, 2, ... grow as base * 2**n."""
@@ -53,7 +57,8 @@ class RetryPolicy:
     max_retry_after_s: float = 300.0
     """A 429 asking to wait longer than this is treated as a refusal."""
     connect_retries: int = 2
-    """Retries of the first contact (`model_info`): a wrong URL should fail in about a second."""
+    """Retries of the first contact (`model_info`): a wrong URL should fail in about a second.
+    Never more than `max_retries` (`--retries 0` retries nothing)."""
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.connect_retries < 0:
@@ -223,14 +228,15 @@ class PredictClient:
         v1: `GET /v1/model`. v2: the model's metadata (`GET /v2/models/{model}`), which also
         fixes how `infer_timed` asks; `batch_size` is the request limit where it says none.
         """
+        first_contact = min(self.retry.connect_retries, self.retry.max_retries)
         if self.protocol == "v2":
             path = f"/v2/models/{self.model}"
-            body, _ = await self._send("GET", path, max_retries=self.retry.connect_retries)
+            body, _ = await self._send("GET", path, max_retries=first_contact)
             if not isinstance(body, dict):
                 raise FatalAPIError(f"{self.url}{path} did not answer with model metadata")
             self.v2 = read_metadata(self.model, body, batch_size)
             return self.v2.info
-        body, _ = await self._send("GET", "/v1/model", max_retries=self.retry.connect_retries)
+        body, _ = await self._send("GET", "/v1/model", max_retries=first_contact)
         try:
             return ModelInfo.model_validate(body)
         except ValueError as exc:
@@ -325,7 +331,7 @@ class PredictClient:
                     else ""
                 )
                 raise FatalAPIError(
-                    f"{method} {self.url}{path} failed {retries + 1} times, "
+                    f"{method} {self.url}{path} failed {_times(retries + 1)}, "
                     f"last: {retry.reason}.{hint}"
                 ) from None
             self.stats.retries += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy.exc import OperationalError
@@ -70,9 +71,12 @@ async def guarded(factory, run_id: int, work: Callable[[], Awaitable[T]]) -> T:
 async def query_async(config: QueryConfig) -> QueryResult:
     """Run (or resume) the query phase of an attack until the budget is answered."""
     pool = await asyncio.to_thread(load_pool_of, config)
-    factory = open_store(config.db)
-    with factory() as session:
-        run = find_run(session, config, pool)
+    # a new transfer set is created once the API has answered: a wrong URL leaves no file
+    factory = open_store(config.db) if Path(config.db).exists() else None
+    run = None
+    if factory is not None:
+        with factory() as session:
+            run = find_run(session, config, pool)
     if run is not None and run.status == "complete":
         return QueryResult(
             run.id, config.db, run.budget, run.budget, 0, True, True, True, 0.0, 0.0,
@@ -80,6 +84,7 @@ async def query_async(config: QueryConfig) -> QueryResult:
         )  # fmt: skip
     async with open_client(config) as client:
         info = await client.model_info(config.batch_size)
+        factory = factory or open_store(config.db)
         resumed = run is not None
         if run is None:
             with factory() as session, session.begin():

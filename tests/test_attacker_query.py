@@ -212,6 +212,10 @@ def test_cli_errors_are_one_clear_line(service, victim, tmp_path):
     result = runner.invoke(cli, [*args, "--url", dead])
     assert result.exit_code == 2
     assert dead in result.output and "Traceback" not in result.output
+    assert "failed 3 times" in result.output  # the first contact: 2 quick retries
+    assert not (tmp_path / "t.sqlite").exists()  # no empty transfer set left behind
+    result = runner.invoke(cli, [*args, "--url", dead, "--retries", "0"])
+    assert result.exit_code == 2 and "failed once" in result.output
     result = runner.invoke(cli, [*args, "--url", service, "--budget", "0"])
     assert result.exit_code == 2 and "budget" in result.output
     result = runner.invoke(cli, [*args, "--url", service, "--strategy", "greedy"])
