@@ -115,7 +115,8 @@ def attacks() -> None:
     for name in sorted(ATTACKS):
         cls = ATTACKS[name]
         doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip()
-        typer.echo(f"{name}: {doc.splitlines()[0] if doc else ''}")
+        summary = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, not its line 1
+        typer.echo(f"{name}: {summary}")
         for field, info in cls.Params.model_fields.items():
             default = "required" if info.is_required() else repr(info.default)
             typer.echo(f"    {field} = {default}")

@@ -90,10 +90,11 @@ def render(
     """Regenerate results.md and results.png from results.json alone (no experiment runs)."""
     from scenarios.experiments.registry import default_out, get
 
+    experiment = get(name)  # an unknown name is refused as such, with the known ones
     results_json = (out or default_out(name)) / "results.json"
     if not results_json.is_file():
         raise TestbedError(f"render: no {results_json}; run the experiment first")
-    for path in get(name).render(results_json):
+    for path in experiment.render(results_json):
         typer.echo(str(path))
 
 

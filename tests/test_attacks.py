@@ -54,6 +54,8 @@ def test_attacks_are_registered_by_name_with_parameters_validated_in_one_place()
     for name in ATTACKS:
         assert f"{name}: " in listed.output
     assert "budget = required" in listed.output and "round_epochs = 10" in listed.output
+    # each description whole: its module docstring's first paragraph, not a cut first line
+    assert "hard labels only (the argmax, even when the API discloses more)" in listed.output
 
 
 def test_copycat_trains_on_balanced_hard_labels_whatever_the_api_disclosed(tmp_path):

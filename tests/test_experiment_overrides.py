@@ -35,10 +35,10 @@ def test_overrides_follow_each_fields_type():
     [
         ("budgets", "field=value"),
         ("nope=1", "no field 'nope'; known: victim, pool"),
-        ("seeds=a,b", "'a' is not a int"),
+        ("seeds=a,b", "'a' is not an integer"),
         ("knockoff=3", "set one of its fields"),
         ("pool.size=3", "'pool' has no fields"),
-        ("knockoff.progress=maybe", "'maybe' is not a bool"),
+        ("knockoff.progress=maybe", "'maybe' is not true or false"),
         ("adaptive.exploration=2", "exploration must be in"),
     ],
 )

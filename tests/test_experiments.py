@@ -29,9 +29,10 @@ def test_each_cached_artefact_has_its_configuration_written_beside_it(tmp_path):
 def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):
     listed = CliRunner().invoke(app, ["experiments"])
     assert listed.exit_code == 0 and "granularity" in listed.output
-    result = CliRunner().invoke(app, ["run", "nope", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
-    assert "Traceback" not in result.output
+    for command in (["run", "nope", "--out", str(tmp_path)], ["render", "nope"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_the_papers_scale_is_a_resnet34_at_64_px_and_unknown_scales_are_one_line_errors(tmp_path):

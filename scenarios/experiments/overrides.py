@@ -34,7 +34,11 @@ def _scalar(text: str, like: object, name: str) -> object:
         if isinstance(like, float):
             return float(text)
     except ValueError:
-        raise TestbedError(f"--set {name}: {text!r} is not a {type(like).__name__}") from None
+        kind = (
+            "true or false" if isinstance(like, bool)
+            else "an integer" if isinstance(like, int) else "a number"
+        )  # fmt: skip
+        raise TestbedError(f"--set {name}: {text!r} is not {kind}") from None
     if like is None:
         for parse in (int, float):
             try:
