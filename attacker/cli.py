@@ -160,7 +160,9 @@ def train(
     victim: Path | None = typer.Option(
         None, help="With --budgets: a victim checkpoint to evaluate each knockoff against"
     ),
-    dataset: str | None = typer.Option(None, help="With --victim: the labelled test dataset"),
+    dataset: str | None = typer.Option(
+        None, help="With --victim: the labelled test dataset [default: the victim's own]"
+    ),
 ) -> None:
     """Train a knockoff on the answers (soft, top-k or hard labels, whatever the API gave)."""
     from attacker.train import KnockoffOptions, train_budgets
@@ -175,7 +177,7 @@ def train(
     for r in results:
         typer.echo(f"budget {r.budget}: validation agreement {r.val_agreement:.4f} "
                    f"(epoch {r.best_epoch}, {r.seconds:.0f} s) -> {r.checkpoint}")  # fmt: skip
-        if victim is not None and dataset is not None:
+        if victim is not None:
             from attacker.evaluate import evaluate
 
             e = evaluate(r.checkpoint, victim, dataset, "test", device=device)
@@ -198,7 +200,9 @@ def train(
 def evaluate(
     knockoff: Path = typer.Option(Path("runs/knockoff.pt")),
     victim: str = typer.Option("runs/victim.pt", help="Victim checkpoint, or the API's URL"),
-    dataset: str = typer.Option("digits", help="Labelled dataset of the victim's task"),
+    dataset: str | None = typer.Option(
+        None, help="Labelled dataset of the victim's task [default: a victim checkpoint's own]"
+    ),
     split: str = typer.Option("test"),
     json_out: Path | None = typer.Option(None, "--json", help="Write the figures here"),
     plots: Path = typer.Option(Path("runs/evaluation"), help="Folder for table and PNG plots"),

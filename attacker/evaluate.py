@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-from shared.checkpoint import load_checkpoint
+from shared.checkpoint import check_same_classes, load_checkpoint
 from shared.datasets import load_dataset
 from shared.device import resolve_device
 from shared.errors import TestbedError
@@ -29,7 +29,7 @@ def _victim_labels_from_url(url: str, images: np.ndarray, api_key: str | None) -
 def evaluate(
     knockoff: str | Path,
     victim: str | Path,
-    dataset: str = "digits",
+    dataset: str | None = None,
     split: str = "test",
     *,
     api_key: str | None = None,
@@ -38,11 +38,20 @@ def evaluate(
 ) -> dict:
     """Compare knockoff and victim on a labelled dataset (never used for training or selection).
 
+    `dataset` defaults to a victim checkpoint's own; a victim behind a URL needs it named.
     `victim_labels`: the victim's labels of this split already read through its API (an audit
     compares several knockoffs and asks the owner's API once)."""
     dev = resolve_device(device)
     knock_model, knock_card = load_checkpoint(knockoff, dev)
+    remote = victim_labels is not None or str(victim).startswith(("http://", "https://"))
+    victim_model, victim_card = (None, None) if remote else load_checkpoint(victim, dev)
+    if dataset is None:
+        if victim_card is None:
+            raise TestbedError("a victim behind a URL does not say its dataset: pass --dataset")
+        dataset = victim_card.dataset
     data = load_dataset(dataset, split, image_size=knock_card.input_size)
+    if victim_card is not None:
+        check_same_classes(victim_card, dataset, list(data.classes))
     images = data.arrays(knock_card.input_size)
     truth = data.targets
     knock_pred = predict_logits(knock_model, to_tensor(images), dev).argmax(1).numpy()
@@ -51,8 +60,7 @@ def evaluate(
     elif str(victim).startswith(("http://", "https://")):
         victim_pred = _victim_labels_from_url(str(victim), images, api_key)
         victim_source = "api"
-    else:
-        victim_model, victim_card = load_checkpoint(victim, dev)
+    else:  # a checkpoint, loaded above
         if victim_card.num_classes != knock_card.num_classes:
             raise TestbedError(
                 f"the victim has {victim_card.num_classes} outputs, the knockoff "

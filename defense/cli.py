@@ -170,9 +170,10 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
 @friendly
 def evaluate_utility_command(
     victim: Annotated[Path, typer.Option(help="the victim checkpoint")] = Path("runs/victim.pt"),
-    dataset: Annotated[str, typer.Option(help="its test split is the benign traffic")] = (
-        "cifar10-jpeg"
-    ),
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="its test split is the benign traffic [default: the victim's own]"),
+    ] = None,
     ood: Annotated[Path | None, typer.Option(help="an OOD filter artefact to include")] = None,
     limit: Annotated[int | None, typer.Option(help="test images used (default all)")] = None,
     clients: int = 10,

@@ -17,7 +17,7 @@ import torch
 from defense.ood_eval import detection_metrics, evaluate_ood, ood_markdown  # noqa: F401
 from defense.ood_eval import subsample as _subsample
 from defense.registry import BuildContext, build_steps, defenses, get_defense, read_all
-from shared.checkpoint import load_checkpoint
+from shared.checkpoint import check_same_classes, load_checkpoint
 from shared.datasets import load_dataset
 from shared.pipeline import Blackbox, Granularity
 
@@ -77,7 +77,7 @@ def default_configs(
 
 def evaluate_utility(
     victim: str | Path,
-    dataset: str,
+    dataset: str | None,
     configs: list[UtilityConfig],
     *,
     limit: int | None = None,
@@ -90,14 +90,17 @@ def evaluate_utility(
     """Benign accuracy through the defended black box (the service's own steps), per defense.
 
     The test split is sent in batches of `batch_size`, round-robin from `clients` benign clients
-    (stateful defenses see each client's own stream). Refused rows count as wrong. The steps are
+    (stateful defenses see each client's own stream). Refused rows count as wrong. `dataset`
+    None: the victim's own. The steps are
     built by the registry exactly as the service builds them (float32, no autocast).
     """
     from tqdm.auto import tqdm
 
     dev = torch.device(device)
     model, card = load_checkpoint(victim, dev)
+    dataset = dataset or card.dataset
     test = load_dataset(dataset, "test", size=limit, image_size=card.input_size, seed=seed)
+    check_same_classes(card, dataset, list(test.classes))
     index = _subsample(len(test), limit, seed)
     images = test.arrays(card.input_size)[index]
     targets = np.asarray(test.targets)[index]

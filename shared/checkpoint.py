@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,25 @@ class ModelCard:
     seed: int
     test_accuracy: float | None = None
     extra: dict = field(default_factory=dict)
+
+
+def check_same_classes(card: ModelCard, dataset: str, classes: list[str]) -> None:
+    """A victim's labels are read against `dataset`'s classes: refuse a dataset whose classes
+    are not the ones it was trained on (a digits victim scored on CIFAR-10 read 0.064). A tree's
+    folders may carry an index prefix that pins their order (`003-cat`, as the experiments
+    write them)."""
+    plain = [re.sub(r"^\d+-", "", str(name)) for name in classes]
+    if card.classes and list(card.classes) != plain:
+        raise TestbedError(
+            f"the victim was trained on {card.dataset} ({_some(card.classes)}), and {dataset} "
+            f"has other classes ({_some(classes)}): use --dataset {card.dataset}, or a dataset "
+            "with its classes in its order"
+        )
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(map(str, names[:4]))
+    return f"{len(names)} classes: {shown}{', ...' if len(names) > 4 else ''}"
 
 
 def check_writable(path: str | Path, what: str = "checkpoint") -> Path:

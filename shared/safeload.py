@@ -22,12 +22,22 @@ import torch
 
 from shared.errors import TestbedError
 
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+"""torch.save's zip archive, or the legacy format's pickle (protocol 2 and above)."""
+
 
 def load_weights_only(path: str | Path, what: str) -> Any:
     """`torch.load(path, weights_only=True)` on CPU; `what` names the file in the error."""
     path = Path(path)
     if not path.exists():
         raise TestbedError(f"{what} {path} does not exist")
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head.startswith(TORCH_FILE_STARTS):  # e.g. the transfer set's SQLite file
+        raise TestbedError(
+            f"{path} is not a {what}: torch.save writes a zip archive, and this file begins "
+            f"{head!r}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -37,8 +47,11 @@ def load_weights_only(path: str | Path, what: str) -> Any:
                 f"refused to load {what} {path}: it holds pickled code or objects, not just "
                 f"tensors and plain data ({blocked}); only weights_only files are accepted"
             ) from None
+        reason = one_line(exc)
+        if reason.startswith("Weights only load failed"):  # then torch's advice, not a reason
+            reason = "torch.load(weights_only=True) cannot read its pickle"
         raise TestbedError(
-            f"{path} is not a readable {what} (corrupt or truncated): {one_line(exc)}"
+            f"{path} is not a readable {what} (corrupt or truncated): {reason}"
         ) from None
 
 

@@ -17,6 +17,7 @@ from attacker.losses import answer_loss, hard_cross_entropy, soft_cross_entropy,
 from attacker.store import Query, Run, open_store
 from attacker.train import KnockoffOptions, balance_indices, train_budgets, train_knockoff
 from attacker.transfer import load_transfer_set
+from defense.evaluate import default_configs, evaluate_utility
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
 from shared.errors import TestbedError
@@ -244,6 +245,27 @@ def test_a_knockoff_identical_to_the_victim_recovers_everything(victim_checkpoin
     paths = save_outputs(result, tmp_path / "eval")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     assert json.loads(paths[0].read_text())["agreement"] == 1.0
+    assert evaluate(copy, victim_checkpoint)["dataset"] == "digits"  # the victim's own
+
+
+def test_a_victim_is_not_scored_on_a_dataset_of_other_classes(victim_checkpoint, tmp_path):
+    """Found by a new user's walk through the README: a digits victim evaluated on CIFAR-10
+    reported victim accuracy 0.064 without a word; and a URL does not say its dataset."""
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(tmp_path / "tree" / c / f"{i}.png")
+    copy = tmp_path / "copy.pt"
+    shutil.copy(victim_checkpoint, copy)
+    other = f"imagefolder:{tmp_path / 'tree'}"
+    with pytest.raises(TestbedError, match="trained on digits .10 classes: 0, 1, 2, 3, ...., and"):
+        evaluate(copy, victim_checkpoint, other)
+    with pytest.raises(TestbedError, match="use --dataset digits"):
+        evaluate_utility(victim_checkpoint, other, default_configs()[:1], progress=False)
+    with pytest.raises(TestbedError, match="a victim behind a URL does not say its dataset"):
+        evaluate(copy, "http://127.0.0.1:9")
 
 
 def test_evaluation_against_a_live_api(victim_checkpoint, tmp_path):

@@ -131,9 +131,23 @@ def test_victim_training_from_a_misfit_checkpoint_exits_2_in_one_line(tmp_path):
 
 
 def test_loading_something_else_is_a_clear_error(tmp_path):
+    import sqlite3
+
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TestbedError, match="not a readable checkpoint"):
+    with pytest.raises(TestbedError, match="junk.pt is not a checkpoint: torch.save writes a zip"):
         load_checkpoint(tmp_path / "junk.pt")
+    with sqlite3.connect(tmp_path / "transfer.sqlite") as db:  # --checkpoint given a transfer set
+        db.execute("CREATE TABLE runs (id INTEGER)")
+    with pytest.raises(TestbedError, match="this file begins b'SQLite format 3"):
+        load_checkpoint(tmp_path / "transfer.sqlite")
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x04garbage")  # torch's advice is left out
+    with pytest.raises(TestbedError, match="not a readable checkpoint") as info:
+        load_checkpoint(tmp_path / "pickle.pt")
+    assert "weights_only` set to `False`" not in str(info.value)
+    save_checkpoint(tmp_path / "whole.pt", create_model("cnn5", 3), _card())
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:5000])
+    with pytest.raises(TestbedError, match="cut.pt is not a readable checkpoint .corrupt or trunc"):
+        load_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(TestbedError, match="not a checkpoint of this project"):
         load_checkpoint(tmp_path / "other.pt")
