@@ -90,9 +90,9 @@ def evaluate_utility(
     """Benign accuracy through the defended black box (the service's own steps), per defense.
 
     The test split is sent in batches of `batch_size`, round-robin from `clients` benign clients
-    (stateful defenses see each client's own stream). Refused rows count as wrong. `dataset`
-    None: the victim's own. The steps are
-    built by the registry exactly as the service builds them (float32, no autocast).
+    (stateful defenses see each client's own stream). Refused rows count as wrong. The steps are
+    built by the registry exactly as the service builds them (float32, no autocast). `dataset`
+    None: the victim's own.
     """
     from tqdm.auto import tqdm
 

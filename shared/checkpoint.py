@@ -37,13 +37,16 @@ def check_same_classes(card: ModelCard, dataset: str, classes: list[str]) -> Non
     are not the ones it was trained on (a digits victim scored on CIFAR-10 read 0.064). A tree's
     folders may carry an index prefix that pins their order (`003-cat`, as the experiments
     write them)."""
-    plain = [re.sub(r"^\d+-", "", str(name)) for name in classes]
-    if card.classes and list(card.classes) != plain:
+    if card.classes and _plain(card.classes) != _plain(classes):
         raise TestbedError(
             f"the victim was trained on {card.dataset} ({_some(card.classes)}), and {dataset} "
             f"has other classes ({_some(classes)}): use --dataset {card.dataset}, or a dataset "
             "with its classes in its order"
         )
+
+
+def _plain(names: list[str]) -> list[str]:
+    return [re.sub(r"^\d+-", "", str(name)) for name in names]
 
 
 def _some(names: list[str]) -> str:

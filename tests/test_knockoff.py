@@ -266,6 +266,16 @@ def test_a_victim_is_not_scored_on_a_dataset_of_other_classes(victim_checkpoint,
         evaluate_utility(victim_checkpoint, other, default_configs()[:1], progress=False)
     with pytest.raises(TestbedError, match="a victim behind a URL does not say its dataset"):
         evaluate(copy, "http://127.0.0.1:9")
+    # a tree's index prefixes pin the order, on either side; the order itself must match
+    from shared.checkpoint import ModelCard, check_same_classes
+
+    def card(classes: list[str]) -> ModelCard:
+        return ModelCard("cnn5", len(classes), classes, 32, [0.5] * 3, [0.2] * 3, "tree", 0)
+
+    check_same_classes(card(["cat", "dog"]), "halves", ["000-cat", "001-dog"])
+    check_same_classes(card(["000-cat", "001-dog"]), "same tree", ["000-cat", "001-dog"])
+    with pytest.raises(TestbedError, match="other classes"):
+        check_same_classes(card(["cat", "dog"]), "swapped", ["dog", "cat"])
 
 
 def test_evaluation_against_a_live_api(victim_checkpoint, tmp_path):
