@@ -43,7 +43,8 @@ def evaluate(
     compares several knockoffs and asks the owner's API once)."""
     dev = resolve_device(device)
     knock_model, knock_card = load_checkpoint(knockoff, dev)
-    remote = victim_labels is not None or str(victim).startswith(("http://", "https://"))
+    url = str(victim).startswith(("http://", "https://"))
+    remote = victim_labels is not None or url
     victim_model, victim_card = (None, None) if remote else load_checkpoint(victim, dev)
     if dataset is None:
         if victim_card is None:
@@ -57,7 +58,7 @@ def evaluate(
     knock_pred = predict_logits(knock_model, to_tensor(images), dev).argmax(1).numpy()
     if victim_labels is not None:
         victim_pred, victim_source = np.asarray(victim_labels), "api"
-    elif str(victim).startswith(("http://", "https://")):
+    elif url:
         victim_pred = _victim_labels_from_url(str(victim), images, api_key)
         victim_source = "api"
     else:  # a checkpoint, loaded above

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -105,14 +105,20 @@ async def authenticate(request: Request) -> str:
 Client = Annotated[str, Depends(authenticate)]
 
 
+def load_service(**overrides: Any) -> tuple[VictimSettings, Blackbox]:
+    """The settings (`VICTIM_*`, `overrides` winning) and the loaded model, before the server
+    binds its port: a bad value or a refused checkpoint is one `TestbedError` line."""
+    settings = read_settings(**overrides)
+    log_like_uvicorn()  # before loading: a defense may warn
+    return settings, load_blackbox(settings)
+
+
 def _from_environment() -> tuple[VictimSettings, Blackbox]:
     """For `uvicorn victim_service.app:create_app --factory`: a bad `VICTIM_*` value or a
     refused checkpoint prints one line and exits 2, as `victim-service serve` does (uvicorn
-    would print a traceback). The model loads here, before uvicorn binds its port."""
+    would print a traceback)."""
     try:
-        settings = read_settings()
-        log_like_uvicorn()  # before loading: a defense may warn
-        return settings, load_blackbox(settings)
+        return load_service()
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -80,9 +80,7 @@ def serve(
     import uvicorn
 
     from shared.errors import TestbedError
-    from victim_service.app import create_app, load_blackbox
-    from victim_service.logs import log_like_uvicorn
-    from victim_service.settings import read_settings
+    from victim_service.app import create_app, load_service
 
     if not checkpoint.exists():
         raise TestbedError(
@@ -90,9 +88,8 @@ def serve(
         )
     overrides = {"checkpoint": checkpoint, "output": output, "top_k": top_k,
                  "round_decimals": round_decimals, "device": device}  # fmt: skip
-    settings = read_settings(**{k: v for k, v in overrides.items() if v is not None})
-    log_like_uvicorn()  # before loading: a defense may warn
-    blackbox = load_blackbox(settings)  # a refused checkpoint or OOD file: one line, exit 2
+    # a bad value, a refused checkpoint or OOD file: one line, exit 2
+    settings, blackbox = load_service(**{k: v for k, v in overrides.items() if v is not None})
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     uvicorn.run(create_app(settings, blackbox), host=host, port=port, log_level=log_level)
 
