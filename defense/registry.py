@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import ModelCard
-from shared.errors import TestbedError, UnknownNameError
+from shared.errors import TestbedError, UnknownNameError, validation_problems
 from shared.models import Classifier
 from shared.pipeline import Step
 
@@ -86,10 +86,7 @@ class Defense:
                 return self.settings.model_validate(dict(values or {}))
             return self.settings(_env_prefix=self.env_prefix, **dict(values or {}))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{self.env_name(str(e['loc'][0])) if e['loc'] else self.name}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = validation_problems(exc, self.env_name)
             raise TestbedError(f"defense {self.name!r}: {problems}") from None
 
     def enabled(self, settings: DefenseSettings) -> bool:

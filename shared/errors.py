@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class TestbedError(Exception):
@@ -31,3 +35,16 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> None:
     (`demo: --strategy`, `keep`)."""
     if value not in choices:
         raise TestbedError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def validation_problems(exc: ValidationError, env_name: Callable[[str], str]) -> str:
+    """pydantic's problems in one line, each as `ENV_NAME='value': why`, the variable named as
+    the user set it; a rule across fields by its own message (which names them)."""
+    problems = []
+    for error in exc.errors():
+        why = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            problems.append(f"{env_name(str(error['loc'][0]))}={error['input']!r}: {why}")
+        else:
+            problems.append(why)
+    return "; ".join(problems)

@@ -344,7 +344,7 @@ def test_bad_settings_are_refused_at_start():
     ("env", "named"),
     [
         ({"VICTIM_OUTPUT": "nope"}, "VICTIM_OUTPUT='nope'"),
-        ({"VICTIM_NOISE_STD": "-1"}, "VICTIM_NOISE_STD"),
+        ({"VICTIM_NOISE_STD": "-1"}, "defense 'noise': VICTIM_NOISE_STD='-1': Input should be"),
         ({"VICTIM_RATE_LIMIT": "2", "VICTIM_RATE_BURST": "4"}, "VICTIM_RATE_BURST (4)"),
     ],
     ids=["output", "defense", "across-fields"],

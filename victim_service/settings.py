@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from defense.registry import DefenseSettings, read_all, split_flat
-from shared.errors import TestbedError
+from shared.errors import TestbedError, validation_problems
 from shared.schemas import OutputMode
 
 
@@ -106,17 +106,5 @@ def read_settings(**overrides: Any) -> VictimSettings:
     try:
         return VictimSettings(**overrides)
     except ValidationError as exc:
-        raise TestbedError(f"bad service settings: {settings_problems(exc)}") from None
-
-
-def settings_problems(exc: ValidationError) -> str:
-    """Each problem as `VICTIM_NAME='value': why`; whole-model checks by their message."""
-    problems = []
-    for error in exc.errors():
-        why = error["msg"].removeprefix("Value error, ")
-        if error["loc"]:
-            name = f"VICTIM_{str(error['loc'][0]).upper()}"
-            problems.append(f"{name}={error['input']!r}: {why}")
-        else:  # a defense's settings, or a rule across fields (their messages name them)
-            problems.append(why)
-    return "; ".join(problems)
+        problems = validation_problems(exc, lambda field: f"VICTIM_{field.upper()}")
+        raise TestbedError(f"bad service settings: {problems}") from None
