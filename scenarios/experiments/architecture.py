@@ -18,7 +18,7 @@ from pathlib import Path
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish
+from scenarios.experiments.report import header, publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -78,15 +78,11 @@ def run(
                      "seconds": time.perf_counter() - t})  # fmt: skip
         say(f"  {arch}: recovery {e['recovery']:.3f}, agreement {e['agreement']:.3f}")
     results = {
-        "experiment": "architecture",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": config.query.seed,
-        "config": asdict(config),
-        "victim_checkpoint": str(victim_path),
+        **header("architecture", __doc__, quick=quick, seed=config.query.seed,
+                 config=asdict(config), victim_checkpoint=victim_path,
+                 victim_accuracy=rows[0]["victim_accuracy"]),
         "victim_arch": config.victim.arch,
         "victim_parameters": parameters(config.victim.arch, 10),
-        "victim_accuracy": rows[0]["victim_accuracy"],
         "rows": rows,
         "columns": [
             "setting",
@@ -100,7 +96,7 @@ def run(
         ],  # fmt: skip
         "plot": {"kind": "bars", "y": "recovery"},
         "seconds": time.perf_counter() - start,
-    }
+    }  # fmt: skip
     publish(results, out)
     return results
 

@@ -21,7 +21,7 @@ from attacker.strategies import AdaptiveConfig
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish
+from scenarios.experiments.report import header, publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -117,13 +117,8 @@ def assemble(rows: list[dict], config: dict, quick: bool, victim_checkpoint: Pat
         notes.append("not every seed at every budget: " + ", ".join(
             f"{b}: seeds {k}" for b, k in uneven.items()))  # fmt: skip
     results = {
-        "experiment": "budget",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": seeds,
-        "config": config,
-        "victim_checkpoint": str(victim_checkpoint),
-        "victim_accuracy": rows[0]["victim_accuracy"],
+        **header("budget", __doc__, quick=quick, seed=seeds, config=config,
+                 victim_checkpoint=victim_checkpoint, victim_accuracy=rows[0]["victim_accuracy"]),
         "rows": rows,
         "summary": summary,
         "verdict": decision,
@@ -145,7 +140,7 @@ def assemble(rows: list[dict], config: dict, quick: bool, victim_checkpoint: Pat
             "series": "strategy",
             "logx": True,
         },  # fmt: skip
-    }
+    }  # fmt: skip
     return results
 
 

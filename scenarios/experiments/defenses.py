@@ -30,7 +30,7 @@ from scenarios.experiments import scale
 from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.probes import benign_accuracy, benign_keys, benign_set, cached_benign
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish, pyplot, save_figure
+from scenarios.experiments.report import header, publish, pyplot, save_figure
 from scenarios.experiments.steps import (
     SERVICE_READY_S,
     QuerySpec,
@@ -275,17 +275,13 @@ def run(
         say(f"  {setting.name}: benign accuracy {benign['accuracy']:.3f}, "
             f"recovery {knock['recovery']:.3f}")  # fmt: skip
     results = {
-        "experiment": "defenses",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": config.seed,
-        "config": asdict(config),
-        "victim_checkpoint": str(cached_victim(config.victim)),
-        "victim_accuracy": rows[0]["victim_accuracy"],
+        **header("defenses", __doc__, quick=quick, seed=config.seed,
+                 config=asdict(config), victim_checkpoint=cached_victim(config.victim),
+                 victim_accuracy=rows[0]["victim_accuracy"]),
         "rows": rows,
         "prada_detection": detection,
         "seconds": time.perf_counter() - start,
-    }
+    }  # fmt: skip
     publish(results, out, markdown, plot)
     return results
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish
+from scenarios.experiments.report import header, publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -96,16 +96,11 @@ def run(
                      "seconds": time.perf_counter() - t})  # fmt: skip
         say(f"  {setting.name}: agreement {e['agreement']:.3f}, recovery {e['recovery']:.3f}")
     results = {
-        "experiment": "granularity",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": config.query.seed,
-        "config": asdict(config),
-        "victim_checkpoint": str(victim_path),
-        "victim_accuracy": e["victim_accuracy"],
+        **header("granularity", __doc__, quick=quick, seed=config.query.seed, config=asdict(config),
+                 victim_checkpoint=victim_path, victim_accuracy=e["victim_accuracy"]),
         "rows": rows,
         "seconds": time.perf_counter() - start,
-    }
+    }  # fmt: skip
     publish(results, out)
     return results
 

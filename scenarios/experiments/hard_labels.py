@@ -21,7 +21,7 @@ from attacker.train import KnockoffOptions
 from attacker.transfer import load_transfer_set
 from scenarios.experiments import scale
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish
+from scenarios.experiments.report import header, publish
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -95,13 +95,8 @@ def run(
             say(f"  {name} at {budget}: recovery {e['recovery']:.3f}, "
                 f"macro {e['macro_recovery']:.3f}")  # fmt: skip
     results = {
-        "experiment": "hard-labels",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": config.seed,
-        "config": asdict(config),
-        "victim_checkpoint": str(victim_path),
-        "victim_accuracy": rows[0]["victim_accuracy"],
+        **header("hard-labels", __doc__, quick=quick, seed=config.seed, config=asdict(config),
+                 victim_checkpoint=victim_path, victim_accuracy=rows[0]["victim_accuracy"]),
         "rows": rows,
         "columns": [
             "setting",
@@ -121,7 +116,7 @@ def run(
             "logx": True,
         },  # fmt: skip
         "seconds": time.perf_counter() - start,
-    }
+    }  # fmt: skip
     publish(results, out)
     return results
 

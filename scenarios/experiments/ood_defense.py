@@ -26,7 +26,7 @@ from scenarios.experiments.cache import cached_path, config_hash, making
 from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
 from scenarios.experiments.probes import cached_benign
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish, pyplot, save_figure
+from scenarios.experiments.report import header, publish, pyplot, save_figure
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -143,13 +143,9 @@ def run(
         r["recovery_vs_undefended"] = r["recovery"] / base["recovery"] if base["recovery"] else 0.0
     benign = {"undefended": _benign(config, False, say), "filter": _benign(config, True, say)}
     results = {
-        "experiment": "ood-defense",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": config.seed,
-        "config": asdict(config),
-        "victim_checkpoint": str(cached_victim(config.victim)),
-        "victim_accuracy": rows[0]["victim_accuracy"],
+        **header("ood-defense", __doc__, quick=quick, seed=config.seed,
+                 config=asdict(config), victim_checkpoint=cached_victim(config.victim),
+                 victim_accuracy=rows[0]["victim_accuracy"]),
         "detection": {
             k: found[k]
             for k in (
@@ -167,7 +163,7 @@ def run(
         "rows": rows,
         "benign": benign,
         "seconds": time.perf_counter() - start,
-    }
+    }  # fmt: skip
     publish(results, out, markdown, plot)
     return results
 

@@ -22,7 +22,7 @@ from attacker.train import KnockoffOptions
 from scenarios.experiments import pools, scale
 from scenarios.experiments.filters import FilterSpec, flagged_fraction
 from scenarios.experiments.registry import Experiment, register
-from scenarios.experiments.report import publish, pyplot, save_figure
+from scenarios.experiments.report import header, publish, pyplot, save_figure
 from scenarios.experiments.steps import (
     QuerySpec,
     VictimSpec,
@@ -123,17 +123,13 @@ def run(
             say(f"  {rows[-1]['setting']}: flagged {rows[-1]['flagged']:.3f}, "
                 f"recovery {k['recovery']:.3f}, agreement {k['agreement']:.3f}")  # fmt: skip
     results = {
-        "experiment": "query-distribution",
-        "description": (__doc__ or "").strip().splitlines()[0],
-        "quick": quick,
-        "seed": config.seed,
-        "config": asdict(config),
-        "victim_checkpoint": str(cached_victim(config.victim)),
-        "victim_accuracy": rows[0]["victim_accuracy"],
+        **header("query-distribution", __doc__, quick=quick, seed=config.seed,
+                 config=asdict(config), victim_checkpoint=cached_victim(config.victim),
+                 victim_accuracy=rows[0]["victim_accuracy"]),
         "scored_on": f"{halves} (test half)",
         "rows": rows,
         "seconds": time.perf_counter() - start,
-    }
+    }  # fmt: skip
     publish(results, out, markdown, plot)
     return results
 

@@ -18,6 +18,23 @@ import numpy as np
 COLUMNS = ("setting", "queries", "knockoff_accuracy", "recovery", "agreement", "seconds")
 
 
+def header(
+    experiment: str, doc: str | None, *, quick: bool, seed: object, config: dict,
+    victim_checkpoint: Path | str, victim_accuracy: float,
+) -> dict:  # fmt: skip
+    """The keys every experiment's results.json begins with, in this order: what ran (its
+    module docstring's first line), at which scale and seed, on which victim."""
+    return {
+        "experiment": experiment,
+        "description": (doc or "").strip().splitlines()[0],
+        "quick": quick,
+        "seed": seed,
+        "config": config,
+        "victim_checkpoint": str(victim_checkpoint),
+        "victim_accuracy": victim_accuracy,
+    }
+
+
 def write_results(results: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
