@@ -79,14 +79,17 @@ class Defense:
     def read(self, values: Mapping[str, Any] | None = None, env: bool = True) -> DefenseSettings:
         """Its settings from `values` (these win) and, with `env`, the environment.
 
-        Bad values raise a `TestbedError` that names the variable, in one line.
+        Bad values raise a `TestbedError` in one line, naming each as the user wrote it: the
+        variable (`VICTIM_NOISE_STD`) when read with the environment, else `noise.std`, as
+        `--set` takes it.
         """
         try:
             if not env:
                 return self.settings.model_validate(dict(values or {}))
             return self.settings(_env_prefix=self.env_prefix, **dict(values or {}))
         except ValidationError as exc:
-            problems = validation_problems(exc, self.env_name)
+            named = self.env_name if env else lambda field_name: f"{self.name}.{field_name}"
+            problems = validation_problems(exc, named)
             raise TestbedError(f"defense {self.name!r}: {problems}") from None
 
     def enabled(self, settings: DefenseSettings) -> bool:

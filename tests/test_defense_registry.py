@@ -163,3 +163,9 @@ def test_evaluate_utility_command_writes_the_table_and_the_json(victim_checkpoin
                                    "--dataset", "digits", "--set", "noise=0.1"])  # fmt: skip
     assert bad.exit_code == 2 and "expected DEFENSE.FIELD=VALUE" in bad.output
     assert "Traceback" not in bad.output
+    # a bad value names what the user typed, not the service's variable
+    bad = CliRunner().invoke(app, ["evaluate-utility", "--victim", str(victim_checkpoint),
+                                   "--dataset", "digits", "--set", "noise.std=-1"])  # fmt: skip
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "noise.std='-1': Input should be greater than 0" in bad.output, bad.output
+    assert "VICTIM_NOISE_STD" not in bad.output
