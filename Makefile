@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint format bench venv clean compose-check compat-check reliability
+.PHONY: demo test lint format bench venv clean compose-check compat-check reliability cli-docs
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -52,6 +52,10 @@ compat-check: $(UV)
 # Fuzzing, load, many clients, faults and access (issue 12): longer than `make test`, not in it.
 reliability: venv
 	$(VENV)/bin/python -m reliability $(ARGS)
+
+# docs/cli.md, every command's options from its --help (tests/test_readme.py fails when stale).
+cli-docs: venv
+	$(VENV)/bin/python scripts/cli_docs.py
 
 format: venv
 	$(VENV)/bin/ruff format .

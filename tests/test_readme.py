@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import os
 import re
 import runpy
 import sys
@@ -119,3 +120,25 @@ def test_every_variable_in_the_readme_is_read_somewhere():
         )
         unread = {v for v in named - known if not any(v in text for text in code)}
         assert not unread, f"{doc} names variables nothing reads: {sorted(unread)}"
+
+
+def test_the_cli_reference_is_what_the_commands_say(tmp_path):
+    """docs/cli.md is regenerated from the four commands' --help and must match, so an option
+    added, renamed or re-documented without `make cli-docs` fails here; a stale copy is caught."""
+    import shutil
+    import subprocess
+
+    script = ROOT / "scripts" / "cli_docs.py"
+    done = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # the check can fail: a copy of the tree whose reference lost a line is reported stale
+    copy = tmp_path / "tree"
+    (copy / "docs").mkdir(parents=True)
+    (copy / "scripts").mkdir()
+    shutil.copy(script, copy / "scripts")
+    stale = (ROOT / "docs" / "cli.md").read_text().replace("* `--budget <int>`", "* `--b <int>`")
+    (copy / "docs" / "cli.md").write_text(stale)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, copy / "scripts" / "cli_docs.py", "--check"],
+                          capture_output=True, text=True, cwd=copy, env=env)  # fmt: skip
+    assert done.returncode == 1 and "docs/cli.md is stale: run `make cli-docs`" in done.stderr
