@@ -146,14 +146,14 @@ def train(
         None, help="Comma-separated budgets: one fresh knockoff per prefix, plus a curve"
     ),
     arch: str = typer.Option(KNOCKOFF.arch, help="Knockoff architecture (any of the registry)"),
-    epochs: int = typer.Option(KNOCKOFF.epochs),
-    batch_size: int = typer.Option(KNOCKOFF.batch_size),
-    lr: float = typer.Option(KNOCKOFF.lr),
+    epochs: int = typer.Option(KNOCKOFF.epochs, help="Training epochs"),
+    batch_size: int = typer.Option(KNOCKOFF.batch_size, help="Answers per step"),
+    lr: float = typer.Option(KNOCKOFF.lr, help="Peak learning rate (one-cycle SGD)"),
     out: Path = typer.Option(Path("runs/knockoff.pt"), help="Checkpoint to write"),
     balance: bool = typer.Option(False, help="Copycat's class balancing of the stolen labels"),
     weights: str | None = typer.Option(None, help="'imagenet' or a local weights file"),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, help="Seeds the split, the weights and the batches"),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda"),
     keep: str = typer.Option(
         KNOCKOFF.keep, help="The weights kept: 'best' on the held-out answers, or 'last'"
     ),
@@ -161,7 +161,7 @@ def train(
         None, help="With --budgets: a victim checkpoint to evaluate each knockoff against"
     ),
     dataset: str | None = typer.Option(
-        None, help="With --victim: the labelled test dataset [default: the victim's own]"
+        None, help="With --victim: the labelled test dataset (default: the victim's own)"
     ),
 ) -> None:
     """Train a knockoff on the answers (soft, top-k or hard labels, whatever the API gave)."""
@@ -198,16 +198,16 @@ def train(
 @app.command()
 @friendly
 def evaluate(
-    knockoff: Path = typer.Option(Path("runs/knockoff.pt")),
+    knockoff: Path = typer.Option(Path("runs/knockoff.pt"), help="Knockoff checkpoint"),
     victim: str = typer.Option("runs/victim.pt", help="Victim checkpoint, or the API's URL"),
     dataset: str | None = typer.Option(
-        None, help="Labelled dataset of the victim's task [default: a victim checkpoint's own]"
+        None, help="Labelled dataset of the victim's task (default: a victim checkpoint's own)"
     ),
-    split: str = typer.Option("test"),
+    split: str = typer.Option("test", help="The dataset's split scored on"),
     json_out: Path | None = typer.Option(None, "--json", help="Write the figures here"),
     plots: Path = typer.Option(Path("runs/evaluation"), help="Folder for table and PNG plots"),
     api_key: str | None = typer.Option(None, envvar="ATTACKER_API_KEY"),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda"),
 ) -> None:
     """Victim vs knockoff: accuracy, recovery, agreement, macro accuracy, per class; plots."""
     from attacker.evaluate import evaluate as run_evaluation

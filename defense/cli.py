@@ -46,7 +46,10 @@ def train_ood_command(
     out: Annotated[Path, typer.Option(help="where to write the filter artefact")] = Path(
         "runs/ood.pt"
     ),
-    target_tnr: Annotated[float, typer.Option(min=0.5, max=1.0)] = 0.95,
+    target_tnr: Annotated[
+        float,
+        typer.Option(min=0.5, max=1.0, help="share of benign held-out images the threshold passes"),
+    ] = 0.95,
     image_size: Annotated[
         int | None, typer.Option(help="side the service feeds the filter (default: victim's, 32)")
     ] = None,
@@ -54,7 +57,7 @@ def train_ood_command(
     folds: Annotated[int, typer.Option(help="cross-validation folds for C")] = 10,
     in_size: Annotated[int | None, typer.Option(help="images of a generated in-pool")] = None,
     out_size: Annotated[int | None, typer.Option(help="images of a generated out-pool")] = None,
-    scratch_epochs: int = 6,
+    scratch_epochs: Annotated[int, typer.Option(help="epochs of a scratch: backbone")] = 6,
     pretrain_epochs: Annotated[int, typer.Option(help="epochs of a defender: backbone")] = 4,
     encodings: Annotated[
         bool, typer.Option(help="randomly re-encode every image (JPEG 30-95, resize chains)")
@@ -76,8 +79,10 @@ def train_ood_command(
         int, typer.Option(help="images per side the regression sees (0 = all)")
     ] = 0,
     torchvision_size: Annotated[int, typer.Option(help="input side of a torchvision net")] = 224,
-    seed: int = 0,
-    device: str = "auto",
+    seed: Annotated[int, typer.Option(help="seeds the samples, the splits and the training")] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
+    ] = "auto",
 ) -> None:
     """Train Atli et al.'s OOD filter (frozen features + CV'd logistic regression + threshold)."""
     from defense.ood import train_ood
@@ -113,21 +118,23 @@ def evaluate_ood_command(
     ),
     attack_limit: Annotated[int, typer.Option(help="attack images sampled (0 = all)")] = 10_000,
     in_limit: Annotated[int, typer.Option(help="benign test images sampled (0 = all)")] = 0,
-    attack_split: str = "train",
+    attack_split: Annotated[str, typer.Option(help="the attack pool's split")] = "train",
     attack_transform: Annotated[
         list[str] | None,
         typer.Option(
             help="how the attacker encodes its queries (repeatable): none, png, jpeg:<quality>, "
-            "resize:<px>, blur:<sigma>, match-in [default: all of "
+            "resize:<px>, blur:<sigma>, match-in (default: all of "
             + ", ".join(DEFAULT_ATTACK_TRANSFORMS)
-            + "]"
+            + ")"
         ),
     ] = None,
     baselines: Annotated[bool, typer.Option(help="also score MSP, ODIN, ... on the victim")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write the tables here")] = None,
-    seed: int = 0,
-    device: str = "auto",
+    seed: Annotated[int, typer.Option(help="seeds the samples and the transforms")] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
+    ] = "auto",
 ) -> None:
     """TPR/TNR/AUROC/FPR@95TPR of the filter per attacker transform and in the worst case,
     beside max softmax, ODIN, Mahalanobis, energy and kNN."""
@@ -172,24 +179,26 @@ def evaluate_utility_command(
     victim: Annotated[Path, typer.Option(help="the victim checkpoint")] = Path("runs/victim.pt"),
     dataset: Annotated[
         str | None,
-        typer.Option(help="its test split is the benign traffic [default: the victim's own]"),
+        typer.Option(help="its test split is the benign traffic (default: the victim's own)"),
     ] = None,
     ood: Annotated[Path | None, typer.Option(help="an OOD filter artefact to include")] = None,
     limit: Annotated[int | None, typer.Option(help="test images used (default all)")] = None,
-    clients: int = 10,
-    batch_size: int = 128,
+    clients: Annotated[int, typer.Option(help="benign clients sending the batches in turn")] = 10,
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 128,
     rs_beta: Annotated[float | None, typer.Option(help="= --set reverse_sigmoid.beta=")] = None,
     rs_gamma: Annotated[float | None, typer.Option(help="= --set reverse_sigmoid.gamma=")] = None,
     noise_std: Annotated[float | None, typer.Option(help="= --set noise.std=")] = None,
     prada_threshold: Annotated[float | None, typer.Option(help="= --set prada.threshold=")] = None,
-    round_decimals: int = 2,
+    round_decimals: Annotated[int, typer.Option(help="decimals of the rounding row")] = 2,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="DEFENSE.FIELD=VALUE replaces a default (repeatable)"),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
-    seed: int = 0,
-    device: str = "cpu",
+    seed: Annotated[int, typer.Option(help="seeds the sample and the noise")] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
+    ] = "cpu",
 ) -> None:
     """Benign accuracy through the defended black box (the service's steps), per defense.
 

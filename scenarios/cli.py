@@ -21,22 +21,26 @@ app = typer.Typer(
 @friendly
 def demo(
     preset: str = typer.Option("default", help="default (digits, offline) or realistic (CIFAR-10)"),
-    victim_dataset: str | None = typer.Option(None),
-    victim_arch: str | None = typer.Option(None),
+    victim_dataset: str | None = typer.Option(None, help="The victim's data (default: preset's)"),
+    victim_arch: str | None = typer.Option(
+        None, help="The victim's architecture (default: preset's)"
+    ),
     pool: str | None = typer.Option(
         None, help="Query pool (natural, noise, tiny-imagenet-attacker)"
     ),
-    pool_size: int | None = typer.Option(None),
+    pool_size: int | None = typer.Option(None, help="Images in a generated pool"),
     budget: int | None = typer.Option(None, help="Queries (images)"),
     output: str | None = typer.Option(None, help="Granularity: probs | topk | label"),
     strategy: str | None = typer.Option(None, help="random | adaptive"),
-    knockoff_arch: str | None = typer.Option(None),
-    knockoff_epochs: int | None = typer.Option(None),
+    knockoff_arch: str | None = typer.Option(None, help="The knockoff's architecture"),
+    knockoff_epochs: int | None = typer.Option(None, help="The knockoff's training epochs"),
     knockoff_keep: str | None = typer.Option(
         None, help="The knockoff's weights kept: 'best' on its held-out answers, or 'last'"
     ),
-    balance: bool | None = typer.Option(None, "--balance/--no-balance"),
-    seed: int | None = typer.Option(None),
+    balance: bool | None = typer.Option(
+        None, "--balance/--no-balance", help="Copycat's class balancing (default: preset's)"
+    ),
+    seed: int | None = typer.Option(None, help="Seeds every step (default: preset's)"),
     out: Path | None = typer.Option(None, help="Report folder"),
 ) -> None:
     """The whole attack on a live local API, offline; writes <out>/report.json."""
@@ -58,9 +62,9 @@ def run(
     name: str = typer.Argument(..., help="Experiment name (see `scenarios experiments`)"),
     quick: bool = typer.Option(False, help="Embedded data and a small budget: minutes on a CPU"),
     scale: str | None = typer.Option(
-        None, help="default | quick | papers (ResNet-34 at 64 px: a GPU's work) [default: default]"
+        None, help="default | quick | papers (ResNet-34 at 64 px: a GPU's work) (default: default)"
     ),
-    out: Path | None = typer.Option(None, help="Results folder [default: results/<name>]"),
+    out: Path | None = typer.Option(None, help="Results folder (default: results/<name>)"),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a configuration field: budgets=1000,5000 knockoff.epochs=10"
     ),
@@ -85,7 +89,7 @@ def run(
 @friendly
 def render(
     name: str = typer.Argument(..., help="Experiment name"),
-    out: Path | None = typer.Option(None, help="Results folder [default: results/<name>]"),
+    out: Path | None = typer.Option(None, help="Results folder (default: results/<name>)"),
 ) -> None:
     """Regenerate results.md and results.png from results.json alone (no experiment runs)."""
     from scenarios.experiments.registry import default_out, get
@@ -137,17 +141,17 @@ def audit(
     pool_size: int | None = typer.Option(None, help="Images in a generated pool"),
     budgets: str = typer.Option("500,1000,2000,5000,10000", help="Comma-separated queries"),
     target: float = typer.Option(0.9, help="Share of your model's accuracy that counts"),
-    knockoff_arch: str | None = typer.Option(None),
-    knockoff_epochs: int | None = typer.Option(None),
+    knockoff_arch: str | None = typer.Option(None, help="The knockoff's architecture"),
+    knockoff_epochs: int | None = typer.Option(None, help="The knockoff's training epochs"),
     knockoff_min_steps: int | None = typer.Option(
-        None, help="Train each knockoff for at least this many steps [default: 1000]"
+        None, help="Train each knockoff for at least this many steps (default: 1000)"
     ),
     knockoff_keep: str | None = typer.Option(
         None,
         help="The knockoff's weights kept: 'best' on its held-out answers, or 'last' "
-        "[default: best]",
+        "(default: best)",
     ),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seeds the queries and the knockoffs"),
     out: Path = typer.Option(Path("results/audit"), help="Report folder"),
 ) -> None:
     """How fast a KnockoffNets attacker copies your live model: report.md and report.html."""

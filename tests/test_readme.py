@@ -142,3 +142,21 @@ def test_the_cli_reference_is_what_the_commands_say(tmp_path):
     done = subprocess.run([sys.executable, copy / "scripts" / "cli_docs.py", "--check"],
                           capture_output=True, text=True, cwd=copy, env=env)  # fmt: skip
     assert done.returncode == 1 and "docs/cli.md is stale: run `make cli-docs`" in done.stderr
+
+
+def test_no_help_text_is_eaten_as_rich_markup():
+    """Typer renders help as rich markup, where `[default: recipe]` is a style tag and vanishes:
+    `victim-service train --help` once showed --epochs with no help at all. Every command's and
+    option's help must come out as written."""
+    from rich.text import Text
+
+    eaten = []
+    for program, module in APPS.items():
+        todo = [(program, typer.main.get_command(importlib.import_module(module).app))]
+        while todo:
+            path, command = todo.pop()
+            todo += [(f"{path} {n}", c) for n, c in getattr(command, "commands", {}).items()]
+            texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+            eaten += [f"{path}: {t!r}" for t in texts if Text.from_markup(t).plain != t]
+    assert not eaten, f"help that rich markup would change: {eaten}"
+    assert Text.from_markup("steps [default: 1000]").plain == "steps "  # what it guards against

@@ -24,16 +24,18 @@ def train(
         str, typer.Option(help="registry name, e.g. digits, cifar10-jpeg")
     ] = "digits",
     arch: Annotated[
-        str | None, typer.Option(help="architecture, e.g. cnn5, cnn9, resnet18 [default: recipe]")
+        str | None, typer.Option(help="architecture, e.g. cnn5, cnn9, resnet18 (default: recipe)")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="[default: the dataset's recipe]")] = None,
-    out: Path = Path("runs/victim.pt"),
-    batch_size: Annotated[int | None, typer.Option(help="[default: recipe]")] = None,
-    lr: Annotated[float | None, typer.Option(help="[default: recipe]")] = None,
-    input_size: Annotated[int | None, typer.Option(help="[default: recipe]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="default: the dataset's recipe")] = None,
+    out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("runs/victim.pt"),
+    batch_size: Annotated[int | None, typer.Option(help="default: the recipe's")] = None,
+    lr: Annotated[float | None, typer.Option(help="default: the recipe's")] = None,
+    input_size: Annotated[int | None, typer.Option(help="default: the recipe's")] = None,
     weights: Annotated[str | None, typer.Option(help="'imagenet' or a local weights file")] = None,
-    seed: int = 0,
-    device: str = "auto",
+    seed: Annotated[int, typer.Option(help="seeds the split, the weights and the batches")] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
+    ] = "auto",
     amp: Annotated[bool, typer.Option(help="bf16 autocast where supported")] = True,
     flip: Annotated[
         bool | None,
@@ -68,13 +70,18 @@ def train(
 @friendly
 def serve(
     checkpoint: Annotated[Path, typer.Option(help="victim checkpoint")] = Path("runs/victim.pt"),
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     output: Annotated[str | None, typer.Option(help="probs | topk | label")] = None,
-    top_k: int | None = None,
-    round_decimals: int | None = None,
-    device: str | None = None,
-    log_level: str = "info",
+    top_k: Annotated[
+        int | None, typer.Option(help="classes a topk answer holds (= VICTIM_TOP_K)")
+    ] = None,
+    round_decimals: Annotated[
+        int | None,
+        typer.Option(help="decimals the answers are rounded to (= VICTIM_ROUND_DECIMALS)"),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="= VICTIM_DEVICE")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's: debug, info, warning, ...")] = "info",
 ) -> None:
     """Serve the checkpoint; every other setting comes from VICTIM_* environment variables."""
     import uvicorn
