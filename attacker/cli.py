@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from attacker.defaults import KNOCKOFF
-from shared.cli import friendly
+from shared.cli import friendly, positive_integers
 from shared.errors import TestbedError
 
 app = typer.Typer(
@@ -141,7 +141,7 @@ def export(
 def train(
     db: Path = typer.Option(Path("runs/transfer.sqlite"), help="Transfer-set SQLite file"),
     run: int | None = typer.Option(None, help="Run id (default: the latest)"),
-    budget: int | None = typer.Option(None, help="Train on the first N answers only"),
+    budget: int | None = typer.Option(None, min=1, help="Train on the first N answers only"),
     budgets: str | None = typer.Option(
         None, help="Comma-separated budgets: one fresh knockoff per prefix, plus a curve"
     ),
@@ -171,7 +171,7 @@ def train(
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weights=weights,
         balance=balance, seed=seed, device=device, keep=keep,
     )  # fmt: skip
-    sizes = [int(b) for b in budgets.split(",")] if budgets else [budget]
+    sizes = list(positive_integers(budgets, "--budgets")) if budgets else [budget]
     results = train_budgets(db, sizes, options, out, run)
     points = []
     for r in results:

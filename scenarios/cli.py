@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from shared.cli import friendly
+from shared.cli import friendly, positive_integers
 from shared.errors import TestbedError
 
 app = typer.Typer(
@@ -157,10 +157,10 @@ def audit(
     """How fast a KnockoffNets attacker copies your live model: report.md and report.html."""
     from dataclasses import replace
 
-    from scenarios.experiments.audit import AuditConfig, parse_budgets, run_audit, verdict
+    from scenarios.experiments.audit import AuditConfig, run_audit, verdict
 
     config = AuditConfig(url=url, test_data=test_data, api_key=api_key, pool=pool,
-                         pool_size=pool_size, budgets=tuple(parse_budgets(budgets)),
+                         pool_size=pool_size, budgets=positive_integers(budgets, "--budgets"),
                          target=target, seed=seed)  # fmt: skip
     given = {"knockoff_arch": knockoff_arch, "knockoff_epochs": knockoff_epochs,
              "knockoff_min_steps": knockoff_min_steps, "knockoff_keep": knockoff_keep}  # fmt: skip

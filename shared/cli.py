@@ -14,6 +14,17 @@ from shared.errors import TestbedError
 F = TypeVar("F", bound=Callable)
 
 
+def positive_integers(text: str, option: str) -> tuple[int, ...]:
+    """`--budgets 500,1000`: comma-separated positive integers, or a one-line TestbedError."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise TestbedError(f"{option}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def friendly(func: F) -> F:
     """Print a TestbedError's message in one line and exit 2, never a traceback."""
 

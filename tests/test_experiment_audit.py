@@ -65,6 +65,7 @@ def test_audit_of_a_keyed_live_endpoint(victim_checkpoint, tmp_path):
     ("--knockoff-arch", "nope", "unknown architecture 'nope'"),
     ("--pool", "nope", "unknown dataset 'nope'"),
     ("--test-data", "nope", "unknown dataset 'nope'"),
+    ("--budgets", "500,1k", "--budgets: expected comma-separated positive integers, got '500,1k'"),
 ])  # fmt: skip
 def test_audit_refuses_a_bad_setting_before_asking_anything(option, value, message):
     """Port 9 (discard) has nothing listening: an audit that asked would fail otherwise."""

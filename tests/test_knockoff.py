@@ -344,3 +344,9 @@ def test_train_command_keeps_the_last_epochs_weights_when_asked(transfer_db, tmp
     refused = CliRunner().invoke(app, [*common, "--keep", "first", "--out", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "keep must be one of best, last, not 'first'" in refused.output, refused.output
+    for budgets in ("60,x", "0,60", ","):  # one line each, before any training
+        refused = CliRunner().invoke(app, [*common, "--budgets", budgets])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output
+        assert f"--budgets: expected comma-separated positive integers, got {budgets!r}" in (
+            refused.output
+        )

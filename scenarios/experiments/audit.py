@@ -16,7 +16,7 @@ import base64
 import html
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -262,10 +262,3 @@ def render(results_json: Path) -> tuple[Path, Path, Path]:
     (folder / "report.md").write_text(markdown(results))
     (folder / "report.html").write_text(html_report(results, png))
     return folder / "report.md", folder / "report.html", png
-
-
-def parse_budgets(text: str) -> Sequence[int]:
-    try:
-        return tuple(int(b) for b in text.split(",") if b.strip())
-    except ValueError:
-        raise TestbedError(f"audit: budgets are comma-separated integers, got {text!r}") from None
