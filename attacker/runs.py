@@ -74,6 +74,8 @@ class QueryConfig:
             raise TestbedError("the limit must be at least 1 image")
         if self.pool_size is not None and self.pool_size < 1:
             raise TestbedError("the pool size must be at least 1")
+        if not self.timeout_s > 0:
+            raise TestbedError(f"the timeout must be above 0 seconds (got {self.timeout_s})")
 
     @property
     def base_url(self) -> str:

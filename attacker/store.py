@@ -158,6 +158,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def open_store(path: str | Path) -> sessionmaker[Session]:
     """Open (creating if needed) the transfer-set database; returns a session factory."""
     path = Path(path)
+    if path.is_dir():
+        example = path / "transfer.sqlite"
+        raise TestbedError(f"{path} is a folder; a transfer set is one SQLite file, e.g. {example}")
     path.parent.mkdir(parents=True, exist_ok=True)
     engine: Engine = create_engine(f"sqlite:///{path}", json_serializer=json.dumps)
     event.listen(engine, "connect", _sqlite_pragmas)

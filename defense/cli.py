@@ -182,9 +182,11 @@ def evaluate_utility_command(
         typer.Option(help="its test split is the benign traffic (default: the victim's own)"),
     ] = None,
     ood: Annotated[Path | None, typer.Option(help="an OOD filter artefact to include")] = None,
-    limit: Annotated[int | None, typer.Option(help="test images used (default all)")] = None,
-    clients: Annotated[int, typer.Option(help="benign clients sending the batches in turn")] = 10,
-    batch_size: Annotated[int, typer.Option(help="images per batch")] = 128,
+    limit: Annotated[int | None, typer.Option(min=1, help="test images used (default all)")] = None,
+    clients: Annotated[
+        int, typer.Option(min=1, help="benign clients sending the batches in turn")
+    ] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 128,
     rs_beta: Annotated[float | None, typer.Option(help="= --set reverse_sigmoid.beta=")] = None,
     rs_gamma: Annotated[float | None, typer.Option(help="= --set reverse_sigmoid.gamma=")] = None,
     noise_std: Annotated[float | None, typer.Option(help="= --set noise.std=")] = None,

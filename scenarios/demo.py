@@ -59,8 +59,9 @@ class DemoConfig:
     out: Path = Path("runs/demo")
 
     def __post_init__(self) -> None:
-        """Every name is checked before a victim is trained or a query sent: a typo in the
-        knockoff's architecture used to surface after both (minutes at the realistic scale)."""
+        """Every name and count is checked before a victim is trained or a query sent: a typo
+        in the knockoff's architecture used to surface after both (minutes at the realistic
+        scale)."""
         check_dataset(self.victim_dataset)
         check_dataset(self.pool)
         check_arch(self.victim_arch)
@@ -68,6 +69,11 @@ class DemoConfig:
         check_choice(self.output, get_args(OutputMode), "demo: --output")
         check_choice(self.strategy, STRATEGIES, "demo: --strategy")
         check_keep(self.knockoff_keep, "demo: --knockoff-keep")
+        counts = {"budget": self.budget, "knockoff-epochs": self.knockoff_epochs,
+                  "top-k": self.top_k, "pool-size": self.pool_size}  # fmt: skip
+        for option, value in counts.items():
+            if value is not None and value < 1:
+                raise TestbedError(f"demo: --{option} must be at least 1, not {value}")
 
 
 PRESETS: dict[str, DemoConfig] = {

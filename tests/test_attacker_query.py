@@ -220,6 +220,13 @@ def test_cli_errors_are_one_clear_line(service, victim, tmp_path):
     assert result.exit_code == 2 and "budget" in result.output
     result = runner.invoke(cli, [*args, "--url", service, "--strategy", "greedy"])
     assert result.exit_code == 2 and "strategy" in result.output
+    result = runner.invoke(cli, [*args, "--url", service, "--timeout", "0"])
+    assert (
+        result.exit_code == 2 and "the timeout must be above 0 seconds (got 0.0)" in result.output
+    )
+    result = runner.invoke(cli, [*args, "--url", service, "--db", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{tmp_path} is a folder; a transfer set is one SQLite file" in result.output
     settings = VictimSettings(checkpoint=victim, device="cpu", api_keys=["secret"])
     with running_service(settings) as url:
         result = runner.invoke(cli, [*args, "--url", url, "--api-key", "nope"])

@@ -169,3 +169,8 @@ def test_evaluate_utility_command_writes_the_table_and_the_json(victim_checkpoin
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert "noise.std='-1': Input should be greater than 0" in bad.output, bad.output
     assert "VICTIM_NOISE_STD" not in bad.output
+    for option in ("--clients", "--batch-size", "--limit"):  # each once divided by zero
+        bad = CliRunner().invoke(app, ["evaluate-utility", "--victim", str(victim_checkpoint),
+                                       option, "0"])  # fmt: skip
+        assert bad.exit_code == 2 and "Traceback" not in bad.output
+        assert f"Invalid value for '{option}'" in bad.output, bad.output

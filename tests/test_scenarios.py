@@ -85,12 +85,16 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
     ("--victim-dataset", "nope", "unknown dataset 'nope'"),
     ("--output", "all", "--output must be one of probs, topk, label, not 'all'"),
     ("--strategy", "greedy", "--strategy must be one of random, adaptive, not 'greedy'"),
+    ("--budget", "0", "demo: --budget must be at least 1, not 0"),
+    ("--pool-size", "0", "demo: --pool-size must be at least 1, not 0"),
+    ("--knockoff-epochs", "-1", "demo: --knockoff-epochs must be at least 1, not -1"),
 ])  # fmt: skip
 def test_a_bad_demo_name_is_refused_before_a_victim_or_a_query(
     option, value, message, monkeypatch, tmp_path
 ):
     """`--knockoff-arch nope` used to fail after the victim was trained and every query sent;
-    `--output nope` after the service failed to start, with pydantic's words."""
+    `--output nope` after the service failed to start, with pydantic's words; `--budget 0`
+    after the victim and the service."""
     import scenarios.demo
     from scenarios.cli import app
 
