@@ -53,8 +53,10 @@ def train_ood_command(
     image_size: Annotated[
         int | None, typer.Option(help="side the service feeds the filter (default: victim's, 32)")
     ] = None,
-    holdout: Annotated[float, typer.Option(help="held-out fraction for the threshold")] = 0.1,
-    folds: Annotated[int, typer.Option(help="cross-validation folds for C")] = 10,
+    holdout: Annotated[
+        float, typer.Option(min=0.01, max=0.9, help="held-out fraction for the threshold")
+    ] = 0.1,
+    folds: Annotated[int, typer.Option(min=2, help="cross-validation folds for C")] = 10,
     in_size: Annotated[int | None, typer.Option(help="images of a generated in-pool")] = None,
     out_size: Annotated[int | None, typer.Option(help="images of a generated out-pool")] = None,
     scratch_epochs: Annotated[int, typer.Option(help="epochs of a scratch: backbone")] = 6,

@@ -70,7 +70,7 @@ def run(
     ),
 ) -> None:
     """Run one experiment: <out>/results.json, then results.md and results.png from it."""
-    from scenarios.experiments.overrides import apply_overrides, check_names
+    from scenarios.experiments.overrides import apply_overrides, check_config
     from scenarios.experiments.registry import default_out, get
 
     if quick and scale not in (None, "quick"):
@@ -80,7 +80,7 @@ def run(
     folder = out or default_out(name if scale != "papers" else f"{name}-papers")
     config = experiment.config_at(scale)
     config = apply_overrides(config, set_, experiment.set_elsewhere) if set_ else config
-    check_names(config)
+    check_config(config)
     results = experiment.run(folder, quick=scale == "quick", say=typer.echo, config=config)
     typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
 

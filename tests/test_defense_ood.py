@@ -114,6 +114,16 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "is not understood" in result.stderr and "Traceback" not in result.stderr
+    from typer.testing import CliRunner
+
+    from defense.cli import app
+
+    base = ["train-ood", "--in-dataset", "digits", "--out-dataset", "natural", "--backbone",
+            "scratch:cnn5", "--out", str(tmp_path / "o.pt")]  # fmt: skip
+    for option, value in (("--holdout", "2"), ("--folds", "1")):  # a ZeroDivision, sklearn's
+        result = CliRunner().invoke(app, [*base, option, value])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"Invalid value for '{option}'" in result.output, result.output
 
 
 def test_unknown_datasets_are_refused_before_any_image_is_read(tmp_path, monkeypatch):

@@ -95,9 +95,14 @@ def test_fields_an_experiment_sets_itself_are_refused_with_where_to_set_them():
     ("knockoff.arch=nope", "unknown architecture 'nope'"),
     ("strategies=random,greedy", "strategies must be one of random, adaptive, not 'greedy'"),
     ("knockoff.keep=middle", "keep must be one of best, last, not 'middle'"),
+    ("budgets=1000,0", "budgets: 0 is below 1"),
+    ("knockoff.epochs=0", "knockoff.epochs: 0 is below 1"),
+    ("seeds=-1", "seeds: -1 is below 0"),
+    ("seeds=", "--set seeds: no value given"),
 ])  # fmt: skip
 def test_a_bad_name_is_refused_before_the_experiment_runs(assignment, message, monkeypatch):
-    """`--set pool=nope` failed only once the victim was trained (9 min at the default scale)."""
+    """`--set pool=nope` failed only once the victim was trained (9 min at the default scale);
+    `--set budgets=0` once the service was up, `--set seeds=` with an IndexError."""
 
     def ran(*args, **kwargs):
         raise AssertionError("the experiment ran before its names were checked")
@@ -109,10 +114,10 @@ def test_a_bad_name_is_refused_before_the_experiment_runs(assignment, message, m
 
 
 def test_every_scale_of_every_experiment_names_only_what_exists():
-    from scenarios.experiments.overrides import check_names
+    from scenarios.experiments.overrides import check_config
 
     for name in registry.experiment_names():
         experiment = registry.get(name)
         for config in (experiment.full, experiment.quick, experiment.papers):
             if config is not None:
-                check_names(config)
+                check_config(config)

@@ -55,7 +55,10 @@ def _value(text: str, current: object, name: str) -> object:
         if any(isinstance(item, (tuple, list, dict)) or is_dataclass(item) for item in current):
             raise TestbedError(f"--set {name}: a nested field, not settable from the command line")
         like = current[0] if current else ""
-        return tuple(_scalar(part, like, name) for part in text.split(",") if part.strip())
+        values = tuple(_scalar(part, like, name) for part in text.split(",") if part.strip())
+        if not values:
+            raise TestbedError(f"--set {name}: no value given (comma-separated, e.g. 1,2)")
+        return values
     if is_dataclass(current) or isinstance(current, (dict, list)):
         raise TestbedError(f"--set {name}: set one of its fields ({name}.<field>=...)")
     return _scalar(text, current, name)
@@ -92,18 +95,24 @@ def apply_overrides(
 
 
 DATASET_FIELDS = {"dataset", "in_dataset", "out_dataset", "pool", "natural_pool"}
+COUNT_FIELDS = {"budget", "budgets", "epochs", "batch_size", "pool_size", "seeds"}
+"""Fields that count something (a seed too, as a list): none may be below 1, or 0 for seeds."""
 
 
-def check_names(config: Any) -> None:
+def check_config(config: Any, prefix: str = "") -> None:
     """Every dataset, architecture, strategy and choice of kept weights the configuration names
-    exists, checked before anything runs: `--set pool=nope` used to fail after the victim was
-    trained (9 min at the default scale)."""
+    exists, and every count is positive, checked before anything runs: `--set pool=nope` used
+    to fail after the victim was trained (9 min at the default scale)."""
     for f in fields(config):
         value = getattr(config, f.name)
         if is_dataclass(value):
-            check_names(value)
+            check_config(value, f"{prefix}{f.name}.")
             continue
         values = value if isinstance(value, tuple) else (value,)
+        if f.name in COUNT_FIELDS:
+            least = 0 if f.name == "seeds" else 1
+            for item in (v for v in values if isinstance(v, int) and v < least):
+                raise TestbedError(f"{prefix}{f.name}: {item} is below {least}")
         for item in (v for v in values if isinstance(v, str)):
             if f.name in DATASET_FIELDS:
                 check_dataset(item)
