@@ -103,7 +103,11 @@ def _error_text(response: httpx.Response) -> tuple[str | None, str]:
             return (str(body["kind"]) if body.get("kind") else None), error
         return str(error.get("kind")), str(error.get("message"))
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None, response.text[:200] or response.reason_phrase
+        pass
+    if "html" in response.headers.get("content-type", ""):  # a web server, not an API
+        return None, f"{response.reason_phrase}, an HTML page"
+    text = " ".join(response.text.split())  # one line, whatever the body
+    return None, (text[:200] + ("..." if len(text) > 200 else "")) or response.reason_phrase
 
 
 def _fatal(response: httpx.Response, url: str) -> FatalAPIError:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attacker.client import FatalAPIError, PredictClient, RetryPolicy, _retry_after
+from attacker.client import FatalAPIError, PredictClient, RetryPolicy, _error_text, _retry_after
 from attacker.query import QueryConfig, run_query
 from attacker.store import iter_queries, open_store
 from benchmarks.common import throwaway_victim
@@ -100,6 +100,40 @@ def test_wrong_url_fails_fast_with_a_clear_message(service):
     assert caught.value.status == 404
     with pytest.raises(FatalAPIError, match="not an HTTP URL"):
         asyncio.run(_call("127.0.0.1:8000", "k1", _payloads(1)))
+
+
+def test_a_plain_web_server_is_named_in_one_line(tmp_path):
+    """Python's own http.server answers 404 with an HTML page, which the error once quoted in
+    full (ten lines of markup); a multi-line text body is folded into one line."""
+    import functools
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_POST(self):  # a text body over several lines
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"Internal\n  Server\n\n Error")
+
+    handler = functools.partial(Handler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(FatalAPIError) as caught:
+            asyncio.run(_call(url, None, _payloads(1)))
+        assert str(caught.value) == (
+            f"no prediction API at {url} (HTTP 404: File not found, an HTML page); "
+            "check --url, --protocol and --model"
+        )
+        response = httpx.post(url, content=b"")
+        assert _error_text(response) == (None, "Internal Server Error")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ------------------------------------------------------------------ failure injection
