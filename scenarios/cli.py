@@ -81,6 +81,7 @@ def run(
     config = experiment.config_at(scale)
     config = apply_overrides(config, set_, experiment.set_elsewhere) if set_ else config
     check_config(config)
+    folder.mkdir(parents=True, exist_ok=True)  # a folder it cannot write fails now, not after
     results = experiment.run(folder, quick=scale == "quick", say=typer.echo, config=config)
     typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
 

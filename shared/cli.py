@@ -26,7 +26,8 @@ def positive_integers(text: str, option: str) -> tuple[int, ...]:
 
 
 def friendly(func: F) -> F:
-    """Print a TestbedError's message in one line and exit 2, never a traceback."""
+    """Print a TestbedError's message in one line and exit 2, never a traceback; so too an
+    OSError naming a file (`--json /no/such/folder/x.json`, a full disk, a read-only folder)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -34,6 +35,11 @@ def friendly(func: F) -> F:
             return func(*args, **kwargs)
         except TestbedError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.filename is None:
+                raise  # not about a path the user gave: a bug, keep its traceback
+            typer.secho(f"error: {exc.filename}: {exc.strerror}", fg=typer.colors.RED, err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

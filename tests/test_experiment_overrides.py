@@ -68,6 +68,12 @@ def test_the_cli_runs_the_experiment_with_the_overridden_config(tmp_path, monkey
     assert "Traceback" not in bad.output
     missing = CliRunner().invoke(app, ["render", "budget", "--out", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "run the experiment first" in missing.output
+    # a results folder that cannot be made fails before the experiment, in one line
+    seen.clear()
+    (tmp_path / "a-file").write_text("")
+    blocked = CliRunner().invoke(app, ["run", "budget", "--out", str(tmp_path / "a-file" / "r")])
+    assert blocked.exit_code == 2 and "Traceback" not in blocked.output and not seen
+    assert f"error: {tmp_path / 'a-file' / 'r'}: Not a directory" in blocked.output
 
 
 def test_fields_an_experiment_sets_itself_are_refused_with_where_to_set_them():

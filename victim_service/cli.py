@@ -71,7 +71,7 @@ def train(
 def serve(
     checkpoint: Annotated[Path, typer.Option(help="victim checkpoint")] = Path("runs/victim.pt"),
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
     output: Annotated[str | None, typer.Option(help="probs | topk | label")] = None,
     top_k: Annotated[
         int | None, typer.Option(help="classes a topk answer holds (= VICTIM_TOP_K)")
