@@ -134,6 +134,19 @@ def test_imagefolder_reads_any_tree(tmp_path: Path):
     assert ds.flip_invariant
 
 
+def test_a_file_in_the_tree_that_is_no_image_is_named_in_one_line(tmp_path: Path):
+    """An attacker's pool with a stray or truncated file raised PIL's traceback mid-run."""
+    _write_tree(tmp_path / "tree", per_class=5)
+    good = sorted((tmp_path / "tree" / "cat").glob("*.jpg"))
+    good[0].write_bytes(b"not an image at all")
+    good[1].write_bytes(good[2].read_bytes()[:40])  # truncated
+    ds = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+    for bad in good[:2]:
+        index = [ds.reference(i) for i in range(len(ds))].index(str(bad))
+        with pytest.raises(TestbedError, match=f"{bad} is not a readable image .*mend or remove"):
+            ds.image(index)
+
+
 def test_imagefolder_uses_its_train_and_test_folders(tmp_path: Path):
     """Defect 7: a tree with train/ and test/ was evaluated on its training images."""
     _write_tree(tmp_path / "tree" / "train", per_class=4)

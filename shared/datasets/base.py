@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from shared.errors import TestbedError
 from shared.imaging import resize
 from shared.paths import data_settings
 
@@ -82,8 +83,14 @@ class FileDataset(ImageDataset):
     cache_key: str | None = None
 
     def _load(self, index: int) -> np.ndarray:
-        with Image.open(self.paths[index]) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(self.paths[index]) as image:
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # truncated, not one
+            raise TestbedError(
+                f"{self.paths[index]} is not a readable image ({type(exc).__name__}); mend or "
+                "remove it"
+            ) from None
 
     def reference(self, index: int) -> str:
         return self.paths[index]
