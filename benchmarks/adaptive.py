@@ -23,6 +23,7 @@ import typer
 from attacker.strategies import AdaptiveConfig, make_strategy
 from benchmarks.common import write_json
 from shared.checkpoint import load_checkpoint
+from shared.cli import friendly
 from shared.datasets import load_dataset
 from shared.pipeline import Blackbox
 
@@ -121,4 +122,4 @@ def _recovery(pool, chosen, answers, card, victim: Path, seed: int, epochs: int)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(friendly(main))

@@ -46,6 +46,7 @@ from attacker.query import QueryConfig, run_query
 from benchmarks.common import machine, pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
+from shared.cli import friendly
 from shared.datasets import load_dataset
 from shared.datasets.generated import NATURAL_CACHE
 from shared.imaging import encode_image, resize
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine) and split (service on one half, clients on the other: two machines)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.repeats < 1 or not args.duration > 0:
+        parser.error("--repeats must be at least 1 and --duration above 0")
     pools = [p for p in args.pools.split(",") if p]
     protocols = [p for p in args.protocols.split(",") if p]
     layouts = [c for c in args.cores.split(",") if c]
@@ -208,4 +211,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    friendly(main)()

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from attacker.client import multipart_body
 from benchmarks.common import machine, sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import v2_requests
+from shared.cli import friendly
 from shared.imaging import decode_with_pillow
 from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
 from victim_service.app import decode_all, load_blackbox
@@ -61,7 +62,8 @@ def _starlette_form(body: bytes, content_type: str):
 
 
 def main(
-    json_out: Annotated[Path | None, typer.Option("--json")] = None, repeats: int = 200
+    json_out: Annotated[Path | None, typer.Option("--json")] = None,
+    repeats: Annotated[int, typer.Option(min=1)] = 200,
 ) -> None:
     payloads = sample_payloads(32)
     body, content_type = multipart_body(payloads)
@@ -102,4 +104,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(friendly(main))

@@ -38,6 +38,7 @@ from attacker.store import answer_count
 from benchmarks.common import write_json
 from defense.defenses.prada import THRESHOLD
 from shared.checkpoint import load_checkpoint
+from shared.cli import friendly
 from shared.datasets import load_dataset
 from shared.imaging import encode_image
 from victim_service.launch import service_process
@@ -186,4 +187,4 @@ def _accuracy(out: dict, targets: np.ndarray) -> float | None:
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(friendly(main))

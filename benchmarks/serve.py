@@ -54,6 +54,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
+from shared.cli import friendly
 from shared.device import bf16_supported
 from shared.pipeline import Blackbox
 from victim_service.app import load_blackbox, model_threads
@@ -151,8 +152,8 @@ def _median(samples: list[dict], key: str) -> float:
 
 def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
-    seconds: float = 3.0,
-    repeats: int = 5,
+    seconds: Annotated[float, typer.Option(min=0.1)] = 3.0,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
     arch: Annotated[str, typer.Option(help="The victim's architecture")] = "cnn9",
     side: Annotated[int, typer.Option(help="Its input side in pixels (the images sent)")] = 32,
 ) -> None:
@@ -288,4 +289,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(friendly(main))

@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 
 from benchmarks.common import machine, throwaway_victim, write_json
+from shared.cli import friendly
 from victim_service.launch import preloaded_service, service_process
 
 
@@ -34,7 +35,10 @@ def _seconds_to_ready(start) -> float:
     return ready
 
 
-def main(json_out: Annotated[Path | None, typer.Option("--json")] = None, repeats: int = 7) -> None:
+def main(
+    json_out: Annotated[Path | None, typer.Option("--json")] = None,
+    repeats: Annotated[int, typer.Option(min=1)] = 7,
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"VICTIM_CHECKPOINT": str(throwaway_victim(Path(tmp) / "v.pt"))}
         no_bytecode = {"PYTHONPYCACHEPREFIX": str(Path(tmp) / "empty-pycache"),
@@ -69,4 +73,4 @@ def main(json_out: Annotated[Path | None, typer.Option("--json")] = None, repeat
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(friendly(main))
