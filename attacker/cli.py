@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from attacker.defaults import KNOCKOFF
-from shared.cli import friendly, positive_integers
+from shared.cli import DEVICE_HELP, friendly, positive_integers
 from shared.errors import TestbedError
 
 app = typer.Typer(
@@ -153,7 +153,7 @@ def train(
     balance: bool = typer.Option(False, help="Copycat's class balancing of the stolen labels"),
     weights: str | None = typer.Option(None, help="'imagenet' or a local weights file"),
     seed: int = typer.Option(0, help="Seeds the split, the weights and the batches"),
-    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     keep: str = typer.Option(
         KNOCKOFF.keep, help="The weights kept: 'best' on the held-out answers, or 'last'"
     ),
@@ -207,7 +207,7 @@ def evaluate(
     json_out: Path | None = typer.Option(None, "--json", help="Write the figures here"),
     plots: Path = typer.Option(Path("runs/evaluation"), help="Folder for table and PNG plots"),
     api_key: str | None = typer.Option(None, envvar="ATTACKER_API_KEY"),
-    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Victim vs knockoff: accuracy, recovery, agreement, macro accuracy, per class; plots."""
     from attacker.evaluate import evaluate as run_evaluation

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from shared.cli import friendly
+from shared.cli import DEVICE_HELP, friendly
 from shared.errors import TestbedError
 from shared.transforms import DEFAULT_ATTACK_TRANSFORMS
 
@@ -82,9 +82,7 @@ def train_ood_command(
     ] = 0,
     torchvision_size: Annotated[int, typer.Option(help="input side of a torchvision net")] = 224,
     seed: Annotated[int, typer.Option(help="seeds the samples, the splits and the training")] = 0,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
-    ] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Train Atli et al.'s OOD filter (frozen features + CV'd logistic regression + threshold)."""
     from defense.ood import train_ood
@@ -133,10 +131,8 @@ def evaluate_ood_command(
     baselines: Annotated[bool, typer.Option(help="also score MSP, ODIN, ... on the victim")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write the tables here")] = None,
-    seed: Annotated[int, typer.Option(help="seeds the samples and the transforms")] = 0,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
-    ] = "auto",
+    seed: Annotated[int, typer.Option(help="seeds the samples")] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """TPR/TNR/AUROC/FPR@95TPR of the filter per attacker transform and in the worst case,
     beside max softmax, ODIN, Mahalanobis, energy and kNN."""
@@ -199,10 +195,10 @@ def evaluate_utility_command(
         typer.Option("--set", help="DEFENSE.FIELD=VALUE replaces a default (repeatable)"),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
-    seed: Annotated[int, typer.Option(help="seeds the sample and the noise")] = 0,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
-    ] = "cpu",
+    seed: Annotated[
+        int, typer.Option(help="seeds the sample, its order and the defenses' randomness")
+    ] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Benign accuracy through the defended black box (the service's steps), per defense.
 

@@ -13,6 +13,9 @@ from shared.errors import TestbedError
 
 F = TypeVar("F", bound=Callable)
 
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu or cuda"
+"""Every command's --device takes the same words (`shared.device.resolve_device`)."""
+
 
 def positive_integers(text: str, option: str) -> tuple[int, ...]:
     """`--budgets 500,1000`: comma-separated positive integers, or a one-line TestbedError."""

@@ -18,14 +18,18 @@ def usable_cpus() -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` takes CUDA when present; asking for `cuda` without one is a clear error."""
+    """`auto` takes CUDA when present; `cuda` without one, or a name torch does not know, is
+    a clear error."""
+    from shared.errors import TestbedError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from shared.errors import TestbedError
-
         raise TestbedError("device 'cuda' was asked for, but no CUDA GPU is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TestbedError(f"unknown device {name!r}; use auto, cpu or cuda") from None
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -47,3 +47,17 @@ def test_positive_integers():
     for text in ("", ",", "5,x", "0", "-3,4", "1.5"):
         with pytest.raises(TestbedError, match="--budgets: expected comma-separated positive"):
             positive_integers(text, "--budgets")
+
+
+def test_a_device_torch_does_not_know_is_one_line():
+    """`--device nope` reached torch's RuntimeError listing twenty device types."""
+    import torch
+
+    from shared.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(TestbedError, match="unknown device 'nope'; use auto, cpu or cuda"):
+        resolve_device("nope")
+    if not torch.cuda.is_available():
+        with pytest.raises(TestbedError, match="no CUDA GPU is available"):
+            resolve_device("cuda")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from shared.cli import friendly
+from shared.cli import DEVICE_HELP, friendly
 
 app = typer.Typer(
     help="The victim owner's side: train a model and serve it behind an API.",
@@ -33,9 +33,7 @@ def train(
     input_size: Annotated[int | None, typer.Option(help="default: the recipe's")] = None,
     weights: Annotated[str | None, typer.Option(help="'imagenet' or a local weights file")] = None,
     seed: Annotated[int, typer.Option(help="seeds the split, the weights and the batches")] = 0,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
-    ] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     amp: Annotated[bool, typer.Option(help="bf16 autocast where supported")] = True,
     flip: Annotated[
         bool | None,
