@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -96,10 +95,7 @@ def render(
     from scenarios.experiments.registry import default_out, get
 
     experiment = get(name)  # an unknown name is refused as such, with the known ones
-    results_json = (out or default_out(name)) / "results.json"
-    if not results_json.is_file():
-        raise TestbedError(f"render: no {results_json}; run the experiment first")
-    for path in experiment.render(results_json):
+    for path in experiment.render((out or default_out(name)) / "results.json"):
         typer.echo(str(path))
 
 
@@ -112,20 +108,16 @@ def merge(
 ) -> None:
     """One results.json (and its table and plot) from runs of one experiment's grid in pieces."""
     from scenarios.experiments.registry import get
-    from scenarios.experiments.report import publish
+    from scenarios.experiments.report import publish, read_results
 
     experiment = get(name)
     if experiment.merge is None:
         raise TestbedError(f"merge: {name}'s results are not pieces of a grid; nothing to merge")
-    loaded = []
-    for path in (part / "results.json" for part in parts):
-        if not path.is_file():
-            raise TestbedError(f"merge: no {path}")
-        try:
-            loaded.append(json.loads(path.read_text()))
-        except ValueError as exc:
-            raise TestbedError(f"merge: {path} is not valid JSON ({exc})") from None
-    results = experiment.merge(loaded)
+    pieces = [read_results(part / "results.json", name) for part in parts]
+    try:
+        results = experiment.merge(pieces)
+    except KeyError as exc:  # written by an older version, or edited by hand
+        raise TestbedError(f"merge: a piece lacks the key {exc}; rerun it") from None
     publish(results, out, experiment.markdown, experiment.plot)
     typer.echo(f"{name}: {len(results['rows'])} rows from {len(parts)} runs -> {out}")
 

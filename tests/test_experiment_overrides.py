@@ -68,6 +68,22 @@ def test_the_cli_runs_the_experiment_with_the_overridden_config(tmp_path, monkey
     assert "Traceback" not in bad.output
     missing = CliRunner().invoke(app, ["render", "budget", "--out", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "run the experiment first" in missing.output
+    # a torn, a foreign and an older results.json: one line each, for render and merge alike
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for body, line in [
+        ("{not json", "results.json is not valid JSON"),
+        ('{"experiment": "granularity", "rows": []}',
+         "holds the results of 'granularity', not the results of 'budget'"),
+        ("[1, 2]", "holds no 'experiment' key, not the results of 'budget'"),
+        ('{"experiment": "budget"}', "lacks the key"),
+    ]:  # fmt: skip
+        (folder / "results.json").write_text(body)
+        merge = ["merge", "budget", str(folder), str(folder), "--out", str(tmp_path / "m")]
+        for args in (["render", "budget", "--out", str(folder)], merge):
+            torn = CliRunner().invoke(app, args)
+            assert torn.exit_code == 2 and "Traceback" not in torn.output, torn.output
+            assert line in " ".join(torn.output.split()), torn.output
     # a results folder that cannot be made fails before the experiment, in one line
     seen.clear()
     (tmp_path / "a-file").write_text("")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +30,7 @@ from attacker.store import Query, Run, open_store
 from attacker.train import check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
 from scenarios.demo import DEMO_KNOCKOFF_EPOCHS
-from scenarios.experiments.report import write_results
+from scenarios.experiments.report import read_results, write_results
 from shared.datasets import check_dataset, load_dataset
 from shared.errors import TestbedError
 from shared.models import check_arch
@@ -255,7 +254,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.2em .6em;
 
 def render(results_json: Path) -> tuple[Path, Path, Path]:
     """report.md, report.html and budget.png from results.json alone."""
-    results = json.loads(results_json.read_text())
+    results = read_results(results_json, "audit")
     folder = results_json.parent
     points = [{**r, "victim_accuracy": results["victim_accuracy"]} for r in results["rows"]]
     png = plot_budget_curve(points, folder / "budget.png")

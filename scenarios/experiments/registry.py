@@ -53,7 +53,7 @@ class Experiment:
 
     def render(self, results_json: Path) -> tuple[Path, Path]:
         """results.md and results.png again from results.json alone."""
-        return report.render(results_json, self.markdown, self.plot)
+        return report.render(results_json, self.name, self.markdown, self.plot)
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

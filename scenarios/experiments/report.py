@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.errors import TestbedError
+
 COLUMNS = ("setting", "queries", "knockoff_accuracy", "recovery", "agreement", "seconds")
 
 
@@ -126,17 +128,38 @@ def plot(results: dict, path: Path, column: str = "agreement") -> Path:
     return save_figure(fig, path)
 
 
+def read_results(results_json: Path, experiment: str) -> dict:
+    """One experiment's results.json, or a one-line TestbedError for a file that is missing,
+    torn (not JSON) or another experiment's."""
+    if not results_json.is_file():
+        raise TestbedError(f"no {results_json}; run the experiment first")
+    try:
+        results = json.loads(results_json.read_text())
+    except ValueError as exc:
+        raise TestbedError(f"{results_json} is not valid JSON ({exc})") from None
+    found = results.get("experiment") if isinstance(results, dict) else None
+    if found != experiment:
+        holds = f"the results of {found!r}" if found else "no 'experiment' key"
+        raise TestbedError(f"{results_json} holds {holds}, not the results of {experiment!r}")
+    return results
+
+
 def render(
     results_json: Path,
+    experiment: str,
     markdown: Callable[[dict], str] = markdown,
     plot: Callable[[dict, Path], Path] = plot,
 ) -> tuple[Path, Path]:
     """results.md and results.png from results.json alone, by default as one table and one
     figure, or by an experiment's own `markdown(results)` and `plot(results, path)`."""
-    results = json.loads(results_json.read_text())
+    results = read_results(results_json, experiment)
     table = results_json.with_name("results.md")
-    table.write_text(markdown(results))
-    return table, plot(results, results_json.with_name("results.png"))
+    try:
+        text, figure = markdown(results), plot(results, results_json.with_name("results.png"))
+    except KeyError as exc:  # written by an older version, or edited by hand
+        raise TestbedError(f"{results_json} lacks the key {exc}; rerun the experiment") from None
+    table.write_text(text)
+    return table, figure
 
 
 def publish(
@@ -146,5 +169,5 @@ def publish(
     plot: Callable[[dict, Path], Path] = plot,
 ) -> dict:
     """Write out/results.json first, then the table and the figure made from it alone."""
-    render(write_results(results, out), markdown, plot)
+    render(write_results(results, out), results["experiment"], markdown, plot)
     return results
