@@ -61,3 +61,13 @@ def test_a_device_torch_does_not_know_is_one_line():
     if not torch.cuda.is_available():
         with pytest.raises(TestbedError, match="no CUDA GPU is available"):
             resolve_device("cuda")
+
+
+def test_a_port_past_65535_is_refused_before_serving():
+    """uvicorn took --port 99999 and served on another port."""
+    from victim_service.cli import app as service
+
+    result = CliRunner().invoke(
+        service, ["serve", "--checkpoint", "/no/such.pt", "--port", "99999"]
+    )
+    assert result.exit_code == 2 and "Invalid value for '--port'" in result.output, result.output
