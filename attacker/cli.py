@@ -62,7 +62,15 @@ def query(
         timeout_s=timeout, retry=RetryPolicy(max_retries=retries), protocol=protocol,
         model=model, binary=binary,
     )  # fmt: skip
-    typer.echo(run_summary(run_query(config)))
+    try:
+        result = run_query(config)
+    except KeyboardInterrupt:  # Ctrl+C: what is committed stays, and the same command resumes
+        from attacker.store import answer_count
+
+        typer.secho(f"interrupted: {answer_count(db)} answers stored in {db}; rerun the same "
+                    "command to resume", fg=typer.colors.YELLOW, err=True)  # fmt: skip
+        raise SystemExit(130) from None
+    typer.echo(run_summary(result))
 
 
 @app.command()

@@ -25,12 +25,14 @@ def count_answers(db: Path) -> int:
         return 0
 
 
-def sigkill_after(process: subprocess.Popen, db: Path, answers: int, timeout_s: float) -> int:
-    """SIGKILL `process` once `db` holds `answers` answers (or it exits, or time runs out);
-    the number of answers at the kill."""
+def sigkill_after(
+    process: subprocess.Popen, db: Path, answers: int, timeout_s: float, sig: int = signal.SIGKILL
+) -> int:
+    """SIGKILL (or `sig`) `process` once `db` holds `answers` answers (or it exits, or time runs
+    out); the number of answers once it has exited."""
     deadline = time.monotonic() + timeout_s
     while count_answers(db) < answers and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(10)
+    process.send_signal(sig)
+    process.wait(30)
     return count_answers(db)

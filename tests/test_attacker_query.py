@@ -146,6 +146,26 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_run(victim, tmp_path
         assert conn.execute("select count(*) from runs").fetchone()[0] == 1
 
 
+def test_ctrl_c_mid_run_says_what_is_stored_and_the_same_command_resumes(service, tmp_path):
+    """Ctrl+C (SIGINT) ended the run with exit 130 and no word; it now says how many answers
+    are stored and that the same command resumes, and the rerun completes the budget."""
+    budget, db = 2000, tmp_path / "interrupted.sqlite"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    process = subprocess.Popen(_attacker_cmd(service, db, budget), cwd=ROOT, env=env,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stored = sigkill_after(process, db, 32, 90, sig=signal.SIGINT)
+    stderr = process.stderr.read()
+    assert process.returncode == 130 and 0 < stored < budget, stderr
+    assert f"interrupted: {stored} answers stored in {db}; rerun the same command to resume" in (
+        stderr
+    )
+    assert "Traceback" not in stderr
+    rerun = subprocess.run(_attacker_cmd(service, db, budget), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert rerun.returncode == 0 and f"{budget}/{budget}" in rerun.stdout, rerun.stderr
+    assert len(_rows(db)) == budget
+
+
 def test_a_server_that_dies_and_comes_back_is_survived(victim, tmp_path):
     port = free_port()
     env = {"VICTIM_CHECKPOINT": str(victim), "VICTIM_DEVICE": "cpu", "VICTIM_RATE_LIMIT": "150",
