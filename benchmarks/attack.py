@@ -47,7 +47,7 @@ from benchmarks.common import machine, pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
 from shared.cli import friendly
-from shared.datasets import load_dataset
+from shared.datasets import check_dataset, load_dataset
 from shared.datasets.generated import NATURAL_CACHE
 from shared.imaging import encode_image, resize
 from victim_service.launch import service_process
@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.repeats < 1 or not args.duration > 0:
         parser.error("--repeats must be at least 1 and --duration above 0")
     pools = [p for p in args.pools.split(",") if p]
+    for name in pools:  # before the victim is trained and the service started
+        check_dataset(name)
     protocols = [p for p in args.protocols.split(",") if p]
+    if not pools or not set(protocols) <= {"v1", "v2"} or not protocols:
+        parser.error("--pools: one dataset or more; --protocols: v1, v2 or both")
     layouts = [c for c in args.cores.split(",") if c]
     halves = split_cpus()
     if "split" in layouts and halves is None:
