@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "cli.md"
-APPS = {
-    "victim-service": "victim_service.cli",
-    "attacker": "attacker.cli",
-    "defense": "defense.cli",
-    "scenarios": "scenarios.cli",
-}
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+APPS = {name: target.partition(":")[0] for name, target in SCRIPTS.items()}
+"""The installed commands, from pyproject.toml's [project.scripts], in its order."""
 HEAD = """# Command-line reference
 
 Every command and option of the project's four commands, as their `--help` gives them (the
