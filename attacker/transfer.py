@@ -25,7 +25,7 @@ from attacker.store import (
     sent_image,
 )
 from shared.errors import TestbedError
-from shared.imaging import decode_image, encode_image, resize
+from shared.imaging import decode_image, encode_image, encode_png_pillow, resize
 from shared.schemas import Answer, AnswerError, parse_answer
 from shared.training import to_tensor
 
@@ -149,9 +149,25 @@ def _pool_payloads(
     pool, fmt = load_pool(run), image_format(run)
     for query in queries:
         image = sent_image(run, pool, query.pool_index)
-        data = encode_image(image, fmt) if with_bytes or query.pixels_sha256 is None else None
+        data = (
+            sent_bytes(image, fmt, query.sha256)
+            if with_bytes or query.pixels_sha256 is None
+            else None
+        )
         check_sent(query, image, data, fmt)
         yield image, data
+
+
+def sent_bytes(image: np.ndarray, fmt: str, sha256: str) -> bytes:
+    """The image in the run's format as encoded here: the very bytes sent wherever an encoder
+    here reproduces them. PNGs were Pillow's until `encode_png`, so a PNG that does not match
+    is tried through Pillow too (a run before pixel digests can only be checked that way)."""
+    data = encode_image(image, fmt)
+    if fmt == "png" and hashlib.sha256(data).hexdigest() != sha256:
+        legacy = encode_png_pillow(image)
+        if hashlib.sha256(legacy).hexdigest() == sha256:
+            return legacy
+    return data
 
 
 def uses_blobs(run: Run) -> bool:

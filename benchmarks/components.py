@@ -1,11 +1,12 @@
-"""CPU per 32-image request of each serving step, one at a time, in this process.
+"""CPU per 32-image request of each serving and querying step, one at a time, in this process.
 
     python -m benchmarks.components --json out.json
 
 CPU time (not wall time) of the steps the HTTP figures are made of: reading a multipart body
 (Starlette's parser vs the fast path), decoding 32 PNGs (as served, and through Pillow
 alone), reading a v2 binary tensor, encoding the JSON answer (standard library vs orjson),
-and the model's batched forward pass. CPU time
+and the model's batched forward pass; on the attacker's side, encoding 32 PNGs (`encode_png`
+against Pillow's encoder, which it replaced) and making 32 `natural` pool images. CPU time
 moves less than throughput on a loaded machine, which makes these the figures to compare
 changes with when the machine is shared; they still grow under heavy contention.
 """
@@ -27,7 +28,8 @@ from attacker.client import multipart_body
 from benchmarks.common import machine, sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import v2_requests
 from shared.cli import friendly
-from shared.imaging import decode_with_pillow
+from shared.datasets import load_dataset
+from shared.imaging import decode_with_pillow, encode_png, encode_png_pillow
 from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
 from victim_service.app import decode_all, load_blackbox
 from victim_service.multipart import boundary_of, split_images
@@ -69,6 +71,8 @@ def main(
     body, content_type = multipart_body(payloads)
     _, v2_body, v2_headers = v2_requests(sample_images(64), 32)(0)
     answer = {"output": "probs", "predictions": [{"probabilities": [0.1] * 10}] * 32}
+    natural = load_dataset("natural", size=32, image_size=32)
+    photos = [natural.image(i) for i in range(32)]  # the attacker's PNGs are of photographs
     empty_loop = cpu_us(lambda: asyncio.run(asyncio.sleep(0)), repeats)
 
     def v2_read():
@@ -94,6 +98,13 @@ def main(
             "json_encode_stdlib": cpu_us(lambda: json.dumps(answer).encode(), repeats),
             "json_encode_orjson": cpu_us(lambda: orjson.dumps(answer), repeats),
             "model_forward_and_pipeline": model_us,
+        },
+        "attacker_cpu_us_per_32_image_request": {
+            "png_encode": cpu_us(lambda: [encode_png(im) for im in photos], repeats),
+            "png_encode_pillow": cpu_us(lambda: [encode_png_pillow(im) for im in photos], repeats),
+            "natural_pool_synthesis": cpu_us(
+                lambda: [natural._make(i) for i in range(32)], max(repeats // 10, 5)
+            ),
         },
         "note": "multipart_starlette excludes the cost of asyncio.run itself "
         f"({empty_loop:.0f} µs, measured the same way)",

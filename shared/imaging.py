@@ -47,14 +47,70 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
     """Encode an (H, W, 3) uint8 array; PNG is lossless, so the victim sees exactly the array."""
     if fmt == "raw":
         return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    buffer = io.BytesIO()
-    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     if fmt == "png":
-        image.save(buffer, format="PNG", compress_level=1)
-    elif fmt == "jpeg":
-        image.save(buffer, format="JPEG", quality=quality)
-    else:
+        return encode_png(array)
+    if fmt != "jpeg":
         raise ValueError(f"unknown image format {fmt!r}; use one of {ENCODE_FORMATS}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
+        buffer, format="JPEG", quality=quality
+    )
+    return buffer.getvalue()
+
+
+_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
+"""Channels -> PNG colour type: grey, RGB, RGBA."""
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """An 8-bit PNG of an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array: IHDR, one IDAT, IEND.
+
+    Every row takes PNG's Up filter (its difference from the row above; the first row's is
+    itself) and zlib's level 1. Pillow's encoder (adaptive filters, level 1) spent 2.7 times as
+    long on a 32-px image, 80 us more each: 2.6 ms of the attacker's CPU per 32-image request
+    (`benchmarks.components`, `png_encode`), for files within 5% of the same size on
+    photographs (Up is the filter that suits them best here; raw rows took 2.1 times the bytes
+    at 64 px). `pixels_digest` keys the transfer set, so the bytes need not match Pillow's."""
+    pixels = np.ascontiguousarray(array, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in _PNG_COLOUR_TYPES or 0 in pixels.shape:
+        raise ValueError(f"cannot encode an array of shape {array.shape} as a PNG")
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # the Up filter
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return b"".join(
+        (
+            len(data).to_bytes(4, "big"),
+            kind,
+            data,
+            zlib.crc32(data, zlib.crc32(kind)).to_bytes(4, "big"),
+        )
+    )
+
+
+def encode_png_pillow(array: np.ndarray) -> bytes:
+    """Pillow's PNG of the array at level 1: what `encode_image` made before `encode_png`, for
+    comparing the transfer sets that predate pixel digests by the bytes they sent."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
+        buffer, format="PNG", compress_level=1
+    )
     return buffer.getvalue()
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image, PngImagePlugin
 
 from reliability.hostile import png_chunk, png_header
@@ -24,6 +27,8 @@ from shared.imaging import (
     decode_image,
     decode_with_pillow,
     encode_image,
+    encode_png,
+    encode_png_pillow,
 )
 
 
@@ -63,6 +68,51 @@ def test_client_pngs_take_the_fast_path_and_match_pillow(rgb, level):
     assert fast is not None and fast.flags.c_contiguous
     assert np.array_equal(fast, rgb) and np.array_equal(fast, pillow_pixels(buffer.getvalue()))
     assert np.array_equal(_decode_plain_png(encode_image(rgb), 10**6), rgb)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(
+        np.uint8,
+        st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3, 4])),
+    )
+)
+def test_the_png_encoder_is_lossless_for_pillow_and_libpng(image):
+    """Any 8-bit grey, RGB or RGBA array: Pillow reads back the exact array (the Up filter's
+    differences wrap modulo 256), and RGB takes libpng's fast path to the same pixels."""
+    data = encode_png(image)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.mode == {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[2]]
+        back = np.asarray(opened)
+    assert np.array_equal(back.reshape(image.shape), image)
+    if image.shape[2] == 3:
+        assert np.array_equal(_decode_plain_png(data, 10**6), image)
+        assert np.array_equal(decode_image(data), image)
+
+
+def test_the_png_encoder_takes_grey_arrays_and_refuses_what_png_cannot_hold(rgb):
+    grey = rgb[:, :, 0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(grey)))), grey)
+    assert encode_image(rgb) == encode_png(rgb)
+    assert np.array_equal(decode_image(encode_png_pillow(rgb)), rgb)
+    for bad in (
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+        np.zeros(5, np.uint8),
+    ):
+        with pytest.raises(ValueError, match="cannot encode an array of shape"):
+            encode_png(bad)
+
+
+def test_the_png_encoder_filters_rows_by_their_difference_from_the_row_above():
+    """The stream, inflated, is each row led by filter type 2 (Up), the first row as it is."""
+    image = np.array([[[10, 20, 30], [0, 0, 255]], [[5, 25, 30], [1, 255, 0]]], np.uint8)
+    data = encode_png(image)
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8 : start - 4], "big")
+    rows = zlib.decompress(data[start : start + length])
+    assert rows == bytes([2, 10, 20, 30, 0, 0, 255, 2, 251, 5, 0, 1, 255, 1])
 
 
 def test_files_with_other_chunks_go_to_pillow_and_nothing_reaches_stderr(rgb, capfd):

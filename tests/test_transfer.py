@@ -16,11 +16,15 @@ from attacker.store import Query, Run, open_store, pixels_digest, sent_image
 from attacker.transfer import answers_digest, load_transfer_set
 from shared.datasets import load_dataset
 from shared.errors import TestbedError
-from shared.imaging import encode_image
+from shared.imaging import encode_image, encode_png_pillow
 
 
 def _digest(image: np.ndarray) -> str:
-    return hashlib.sha256(encode_image(image)).hexdigest()
+    return _digest_bytes(encode_image(image))
+
+
+def _digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _other_encoders_digest(image: np.ndarray) -> str:
@@ -114,6 +118,23 @@ def test_a_run_sent_by_another_png_encoder_trains_on_the_same_pixels(tmp_path):
     _write_run(old := tmp_path / "old.sqlite", answers, sha=other)
     with pytest.raises(TestbedError, match="position 0 .*PNG encoder compresses differently"):
         load_transfer_set(old)
+
+
+def test_a_run_sent_before_pixel_digests_by_pillows_encoder_still_loads_and_exports(tmp_path):
+    """Until `encode_png`, the attacker's PNGs were Pillow's: a run of that time, stored before
+    pixel digests, is checked by Pillow's bytes, and its export holds the very bytes it sent."""
+    answers = [{"probabilities": [0.1, 0.6, 0.2, 0.1]}] * 6
+    pool = load_dataset("natural", size=40, image_size=32, seed=0)
+    images = [pool.image(i) for i in range(6)]
+    pillow = [encode_png_pillow(image) for image in images]
+    assert pillow[0] != encode_image(images[0])  # the two encoders' bytes differ
+    _write_run(db := tmp_path / "pillow.sqlite", answers, sha=[_digest_bytes(d) for d in pillow])
+    assert np.array_equal(
+        load_transfer_set(db).images.permute(0, 2, 3, 1).numpy(), np.stack(images)
+    )
+    export_run(db, tmp_path / "export")
+    exported = json.loads((tmp_path / "export" / "answers.json").read_text())["queries"]
+    assert [(tmp_path / "export" / e["file"]).read_bytes() for e in exported] == pillow
 
 
 def test_the_pixel_digest_is_the_shape_and_the_bytes():
