@@ -31,10 +31,10 @@ def _one(name: str, module: str) -> str:
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         raise SystemExit(f"{' '.join(command[1:])} failed: {done.stderr.strip()}")
-    # one level down, under this file's title
-    return "\n".join(
-        "#" + line if line.startswith("#") else line for line in done.stdout.strip().splitlines()
-    )
+    # one level down, under this file's title; Typer writes apostrophes as HTML entities, which
+    # Markdown needs no more than a reader of the raw file does (its &lt; and &gt; stay)
+    text = done.stdout.strip().replace("&#x27;", "'")
+    return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
 
 
 def render() -> str:
