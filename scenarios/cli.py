@@ -81,7 +81,18 @@ def run(
     config = apply_overrides(config, set_, experiment.set_elsewhere) if set_ else config
     check_config(config)
     folder.mkdir(parents=True, exist_ok=True)  # a folder it cannot write fails now, not after
-    results = experiment.run(folder, quick=scale == "quick", say=typer.echo, config=config)
+    try:
+        results = experiment.run(folder, quick=scale == "quick", say=typer.echo, config=config)
+    except KeyboardInterrupt:  # Ctrl+C: every finished step is cached by its configuration
+        from scenarios.experiments.cache import cache_root
+
+        message = (
+            "interrupted: the steps that finished (victims, transfer sets, knockoffs) are "
+            f"cached in {cache_root()}; rerun the same command to go on from them (the step "
+            "that was cut starts again)"
+        )
+        typer.secho(message, fg=typer.colors.YELLOW, err=True)
+        raise SystemExit(130) from None
     typer.echo(f"{name}: {len(results['rows'])} rows in {results['seconds']:.0f} s -> {folder}")
 
 

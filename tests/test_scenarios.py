@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,29 @@ def test_every_demo_option_reaches_the_configuration(monkeypatch, tmp_path):
         field = name.replace("-", "_")
         assert str(getattr(config, field)) == value, field
     assert config.balance and config.knockoff_keep != PRESETS["default"].knockoff_keep
+
+
+def test_ctrl_c_in_an_experiment_says_its_finished_steps_are_cached(tmp_path, monkeypatch):
+    """Ctrl+C in `scenarios run` (a KeyboardInterrupt from the experiment): one line naming
+    the cache that a rerun goes on from, exit 130, no traceback."""
+    import dataclasses
+
+    from scenarios.cli import app
+    from scenarios.experiments import registry
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    experiment = registry.get("hard-labels")
+    monkeypatch.setitem(
+        registry.EXPERIMENTS, "hard-labels", dataclasses.replace(experiment, run=interrupted)
+    )
+    result = CliRunner().invoke(app, ["run", "hard-labels", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    cache = os.environ["TESTBED_EXPERIMENTS_CACHE_DIR"]
+    said = " ".join(result.output.split())
+    assert said.startswith(
+        "interrupted: the steps that finished (victims, transfer sets, knockoffs) are cached in "
+        f"{cache}; rerun the same command to go on from them"
+    ), said
+    assert "Traceback" not in result.output
