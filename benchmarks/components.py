@@ -6,7 +6,8 @@ CPU time (not wall time) of the steps the HTTP figures are made of: reading a mu
 (Starlette's parser vs the fast path), decoding 32 PNGs (as served, and through Pillow
 alone), reading a v2 binary tensor, encoding the JSON answer (standard library vs orjson),
 and the model's batched forward pass; on the attacker's side, encoding 32 PNGs (`encode_png`
-against Pillow's encoder, which it replaced) and making 32 `natural` pool images. CPU time
+against Pillow's encoder, which it replaced), making 32 `natural` pool images, and storing 32
+answered rows in a transfer set (through the table, against the ORM's bulk insert). CPU time
 moves less than throughput on a loaded machine, which makes these the figures to compare
 changes with when the machine is shared; they still grow under heavy contention.
 """
@@ -63,6 +64,41 @@ def _starlette_form(body: bytes, content_type: str):
     return asyncio.run(parse())
 
 
+def _transfer_set_writes(repeats: int) -> dict[str, float]:
+    """CPU to commit 32 answered rows (10 probabilities each), as the attacker's writer does,
+    and the same through the ORM's bulk insert (what it did until 2026-12-07)."""
+    from sqlalchemy import insert
+
+    from attacker.store import Query, Run, open_store, utcnow
+    from attacker.writer import _write
+
+    with tempfile.TemporaryDirectory() as tmp:
+        factory = open_store(Path(tmp) / "t.sqlite")
+        with factory() as session, session.begin():
+            run = Run(victim_url="bench", pool="noise", pool_size=1, pool_image_size=32,
+                      strategy="random", budget=1, seed=0, batch_size=32)  # fmt: skip
+            session.add(run)
+            session.flush()
+            run_id = run.id
+        positions = iter(range(10**9))
+
+        def rows() -> list[dict]:
+            now = utcnow()
+            return [dict(run_id=run_id, position=(n := next(positions)), pool_index=n,
+                         reference="noise#0", sha256="0" * 64, pixels_sha256="0" * 64,
+                         answer={"probabilities": [0.1] * 10}, label=0, latency_ms=1.0,
+                         created_at=now) for _ in range(32)]  # fmt: skip
+
+        def orm(batch: list[dict]) -> None:
+            with factory() as session, session.begin():
+                session.execute(insert(Query), batch)
+
+        return {
+            "transfer_set_write": cpu_us(lambda: _write(factory, rows()), repeats),
+            "transfer_set_write_orm": cpu_us(lambda: orm(rows()), repeats),
+        }
+
+
 def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
     repeats: Annotated[int, typer.Option(min=1)] = 200,
@@ -105,6 +141,7 @@ def main(
             "natural_pool_synthesis": cpu_us(
                 lambda: [natural._make(i) for i in range(32)], max(repeats // 10, 5)
             ),
+            **_transfer_set_writes(repeats),
         },
         "note": "multipart_starlette excludes the cost of asyncio.run itself "
         f"({empty_loop:.0f} µs, measured the same way)",
