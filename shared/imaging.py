@@ -58,12 +58,12 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
     return buffer.getvalue()
 
 
-_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
-"""Channels -> PNG colour type: grey, RGB, RGBA."""
+_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+"""Channels -> PNG colour type: grey, grey and alpha, RGB, RGBA (as `Image.fromarray` had)."""
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """An 8-bit PNG of an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array: IHDR, one IDAT, IEND.
+    """An 8-bit PNG of an (H, W) or (H, W, C) array, C from 1 to 4: IHDR, one IDAT, IEND.
 
     Every row takes PNG's Up filter (its difference from the row above; the first row's is
     itself) and zlib's level 1. Pillow's encoder (adaptive filters, level 1) spent 2.7 times as

@@ -74,16 +74,16 @@ def test_client_pngs_take_the_fast_path_and_match_pillow(rgb, level):
 @given(
     arrays(
         np.uint8,
-        st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3, 4])),
+        st.tuples(st.integers(1, 40), st.integers(1, 40), st.integers(1, 4)),
     )
 )
 def test_the_png_encoder_is_lossless_for_pillow_and_libpng(image):
-    """Any 8-bit grey, RGB or RGBA array: Pillow reads back the exact array (the Up filter's
-    differences wrap modulo 256), and RGB takes libpng's fast path to the same pixels."""
+    """Any 8-bit grey, grey-alpha, RGB or RGBA array: Pillow reads back the exact array (the Up
+    filter's differences wrap modulo 256), and RGB takes libpng's fast path to the same pixels."""
     data = encode_png(image)
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     with Image.open(io.BytesIO(data)) as opened:
-        assert opened.mode == {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[2]]
+        assert opened.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[image.shape[2]]
         back = np.asarray(opened)
     assert np.array_equal(back.reshape(image.shape), image)
     if image.shape[2] == 3:
