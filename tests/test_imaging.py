@@ -97,7 +97,7 @@ def test_the_png_encoder_takes_grey_arrays_and_refuses_what_png_cannot_hold(rgb)
     assert encode_image(rgb) == encode_png(rgb)
     assert np.array_equal(decode_image(encode_png_pillow(rgb)), rgb)
     for bad in (
-        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((4, 4, 5), np.uint8),
         np.zeros((0, 4, 3), np.uint8),
         np.zeros(5, np.uint8),
     ):
