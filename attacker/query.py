@@ -30,6 +30,7 @@ from attacker.runs import (
     run_summary,
 )
 from attacker.scheduler import query_loop
+from attacker.sent import check_pool_unchanged
 from attacker.sources import IMAGE_FORMAT, V2_IMAGE_FORMAT, PoolSource
 from attacker.store import open_store
 from attacker.strategies import make_strategy
@@ -103,6 +104,8 @@ async def query_async(config: QueryConfig) -> QueryResult:
             adaptive=config.adaptive,
         )
         stored = await asyncio.to_thread(stored_answers, factory, run.id, strategy.needs_feedback)
+        if resumed:
+            await asyncio.to_thread(check_pool_unchanged, factory, run, pool, list(stored))
         source = PoolSource(run, pool)
         new, seconds = await guarded(
             factory,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
+from attacker.sent import check_sent, sent_bytes, uses_blobs
 from attacker.store import (
     Query,
     Run,
@@ -20,12 +21,11 @@ from attacker.store import (
     load_pool,
     load_run,
     open_store,
-    pixels_digest,
     read_blobs,
     sent_image,
 )
 from shared.errors import TestbedError
-from shared.imaging import decode_image, encode_image, encode_png_pillow, resize
+from shared.imaging import decode_image, resize
 from shared.schemas import Answer, AnswerError, parse_answer
 from shared.training import to_tensor
 
@@ -156,50 +156,6 @@ def _pool_payloads(
         )
         check_sent(query, image, data, fmt)
         yield image, data
-
-
-def sent_bytes(image: np.ndarray, fmt: str, sha256: str) -> bytes:
-    """The image in the run's format as encoded here: the very bytes sent wherever an encoder
-    here reproduces them. PNGs were Pillow's until `encode_png`, so a PNG that does not match
-    is tried through Pillow too (a run before pixel digests can only be checked that way)."""
-    data = encode_image(image, fmt)
-    if fmt == "png" and hashlib.sha256(data).hexdigest() != sha256:
-        legacy = encode_png_pillow(image)
-        if hashlib.sha256(legacy).hexdigest() == sha256:
-            return legacy
-    return data
-
-
-def uses_blobs(run: Run) -> bool:
-    """Runs whose images are in no pool store the bytes they sent."""
-    return (run.params or {}).get("images") == "blobs"
-
-
-def check_sent(query: Query, image: np.ndarray, data: bytes | None, fmt: str) -> None:
-    """Refuse a pool image that is not what was sent at that position (the pool changed).
-
-    The pixels are compared where the run stored their digest, so a transfer set gathered on
-    one machine trains on another whose PNG encoder compresses differently; older rows can only
-    be compared by the bytes the encoder here makes (`data`, which `_pool_payloads` gives them)."""
-    if query.pixels_sha256 is not None:
-        if pixels_digest(image) == query.pixels_sha256:
-            return
-        raise TestbedError(
-            f"pool image {query.pool_index} no longer matches what was sent at position "
-            f"{query.position} (its pixels differ): the pool changed since the run"
-        )
-    if data is not None and hashlib.sha256(data).hexdigest() == query.sha256:
-        return
-    encoder = (
-        ", or this machine's PNG encoder compresses differently from the one that sent it (the "
-        "run predates pixel digests, so only the bytes can be compared)"
-        if fmt == "png"
-        else ""
-    )
-    raise TestbedError(
-        f"pool image {query.pool_index} no longer matches what was sent at position "
-        f"{query.position} (sha256 differs): the pool changed since the run{encoder}"
-    )
 
 
 def _infer_classes(answer: dict) -> int:

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -104,6 +105,37 @@ def test_adaptive_paused_and_resumed_asks_for_the_same_images(service, tmp_path)
     resumed = {r.position: r.pool_index for r in _rows(tmp_path / "parts.sqlite")}
     assert whole.answered == 160 and len(set(plan.values())) == 160
     assert resumed == plan
+
+
+def _write_pool(folder: Path, seed: int) -> None:
+    """An ImageFolder pool of 40 PNGs in two classes; another seed, other pixels."""
+    rng = np.random.default_rng(seed)
+    for n in range(40):
+        (folder / f"c{n % 2}").mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        (folder / f"c{n % 2}" / f"{n:03d}.png").write_bytes(encode_image(image))
+
+
+def test_a_pool_changed_before_a_resume_is_refused_before_any_new_answer(service, tmp_path):
+    """The pool's files regenerated between an interrupted run and its rerun: the rerun names
+    the image that differs in one line and adds nothing to the run (the transfer set's loader
+    would refuse it only later, at training)."""
+    _write_pool(pool := tmp_path / "pool", seed=0)
+    common = dict(url=service, pool=f"imagefolder:{pool}", budget=32, batch_size=8,
+                  concurrency=2, progress=False, db=tmp_path / "t.sqlite")  # fmt: skip
+    first = run_query(QueryConfig(limit=16, **common))
+    assert not first.complete and first.answered == 16
+    _write_pool(pool, seed=1)  # the same names, other pixels
+    args = ["query", "--url", service, "--pool", f"imagefolder:{pool}", "--budget", "32",
+            "--batch-size", "8", "--db", str(tmp_path / "t.sqlite")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert line.startswith("error: cannot resume run 1: pool image "), line
+    assert "(its pixels differ): the pool changed since the run; restore the pool" in line
+    assert count_answers(tmp_path / "t.sqlite") == 16
+    _write_pool(pool, seed=0)  # restored: the same command goes on
+    assert run_query(QueryConfig(**common)).complete
 
 
 def _attacker_cmd(url: str, db: Path, budget: int) -> list[str]:
