@@ -41,7 +41,7 @@ def check_sent(query: Query, image: np.ndarray, data: bytes | None, fmt: str) ->
 
     The pixels are compared where the run stored their digest, so a transfer set gathered on
     one machine trains on another whose PNG encoder compresses differently; older rows can only
-    be compared by the bytes the encoder here makes (`data`, which `_pool_payloads` gives them)."""
+    be compared by the bytes the encoder here makes (`data`, which `checked_payload` gives them)."""
     if query.pixels_sha256 is not None:
         if pixels_digest(image) == query.pixels_sha256:
             return
@@ -63,6 +63,20 @@ def check_sent(query: Query, image: np.ndarray, data: bytes | None, fmt: str) ->
     )
 
 
+def checked_payload(
+    run: Run, pool: ImageDataset, query: Query, fmt: str, with_bytes: bool
+) -> tuple[np.ndarray, bytes | None]:
+    """The query's image rebuilt from the pool, checked against what was sent, and its bytes
+    in the run's format, or None: an image is encoded at most once, when the caller wants its
+    bytes or its row can only be checked by them."""
+    image = sent_image(run, pool, query.pool_index)
+    data = (
+        sent_bytes(image, fmt, query.sha256) if with_bytes or query.pixels_sha256 is None else None
+    )
+    check_sent(query, image, data, fmt)
+    return image, data
+
+
 def check_pool_unchanged(
     factory: sessionmaker[Session], run: Run, pool: ImageDataset, positions: list[int]
 ) -> None:
@@ -81,10 +95,8 @@ def check_pool_unchanged(
         stmt = select(Query).where(Query.run_id == run.id, Query.position.in_(chosen))
         queries = sorted(session.scalars(stmt), key=lambda q: q.position)
     for query in queries:
-        image = sent_image(run, pool, query.pool_index)
-        data = sent_bytes(image, fmt, query.sha256) if query.pixels_sha256 is None else None
         try:
-            check_sent(query, image, data, fmt)
+            checked_payload(run, pool, query, fmt, with_bytes=False)
         except TestbedError as exc:
             raise TestbedError(
                 f"cannot resume run {run.id}: {exc}; restore the pool, or start a new run "

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from attacker.sent import check_sent, sent_bytes, uses_blobs
+from attacker.sent import checked_payload, uses_blobs
 from attacker.store import (
     Query,
     Run,
@@ -22,7 +22,6 @@ from attacker.store import (
     load_run,
     open_store,
     read_blobs,
-    sent_image,
 )
 from shared.errors import TestbedError
 from shared.imaging import decode_image, resize
@@ -143,19 +142,11 @@ def sent_images(session: Session, run: Run, queries: list[Query]) -> Iterator[np
 def _pool_payloads(
     run: Run, queries: list[Query], with_bytes: bool
 ) -> Iterator[tuple[np.ndarray, bytes | None]]:
-    """(image, its bytes in the run's format or None) for each pool query, checked; an image
-    is encoded at most once: when the caller wants its bytes, or its row can only be checked
-    by them."""
+    """(image, its bytes in the run's format or None) for each pool query, checked
+    (`checked_payload`)."""
     pool, fmt = load_pool(run), image_format(run)
     for query in queries:
-        image = sent_image(run, pool, query.pool_index)
-        data = (
-            sent_bytes(image, fmt, query.sha256)
-            if with_bytes or query.pixels_sha256 is None
-            else None
-        )
-        check_sent(query, image, data, fmt)
-        yield image, data
+        yield checked_payload(run, pool, query, fmt, with_bytes)
 
 
 def _infer_classes(answer: dict) -> int:
