@@ -17,6 +17,8 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
+from shared import imaging
+
 MAGIC = {
     "png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff\xe0", "gif": b"GIF89a", "bmp": b"BM",
     "tiff-le": b"II*\x00", "tiff-be": b"MM\x00*", "webp": b"RIFF\x00\x00\x00\x00WEBPVP8 ",
@@ -29,10 +31,10 @@ SAVE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO"]
 
 
 def png_chunk(kind: bytes, data: bytes, length: int | None = None) -> bytes:
-    """One PNG chunk, its CRC right; `length` makes its length field lie."""
-    size = len(data) if length is None else length
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", size) + kind + data + struct.pack(">I", crc)
+    """One PNG chunk, its CRC right (`shared.imaging.png_chunk`); `length` makes its length
+    field lie."""
+    chunk = imaging.png_chunk(kind, data)
+    return chunk if length is None else struct.pack(">I", length) + chunk[4:]
 
 
 @functools.cache

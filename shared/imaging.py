@@ -51,10 +51,12 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
         return encode_png(array)
     if fmt != "jpeg":
         raise ValueError(f"unknown image format {fmt!r}; use one of {ENCODE_FORMATS}")
+    return _pillow_bytes(array, "JPEG", quality=quality)
+
+
+def _pillow_bytes(array: np.ndarray, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
-        buffer, format="JPEG", quality=quality
-    )
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -86,14 +88,15 @@ def encode_png(array: np.ndarray) -> bytes:
     return b"".join(
         (
             _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1)),
-            _png_chunk(b"IEND", b""),
+            png_chunk(b"IHDR", header),
+            png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1)),
+            png_chunk(b"IEND", b""),
         )
     )
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: its length, type, data and CRC (of the type and the data)."""
     return b"".join(
         (
             len(data).to_bytes(4, "big"),
@@ -107,11 +110,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def encode_png_pillow(array: np.ndarray) -> bytes:
     """Pillow's PNG of the array at level 1: what `encode_image` made before `encode_png`, for
     comparing the transfer sets that predate pixel digests by the bytes they sent."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
-        buffer, format="PNG", compress_level=1
-    )
-    return buffer.getvalue()
+    return _pillow_bytes(array, "PNG", compress_level=1)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
