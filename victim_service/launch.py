@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,16 +22,14 @@ import uvicorn
 
 from shared.errors import TestbedError
 from victim_service.app import create_app
+from victim_service.ports import free_port, listening_socket
 from victim_service.settings import VictimSettings
 from victim_service.zygote import Zygote
 
+__all__ = ["ROOT", "free_port", "preloaded_service", "running_service", "service_process",
+           "wait_ready"]  # fmt: skip
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(
@@ -61,21 +58,21 @@ def wait_ready(
 
 @contextmanager
 def running_service(settings: VictimSettings, app=None) -> Iterator[str]:
-    """uvicorn in a background thread of this process; yields the base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app or create_app(settings), host="127.0.0.1", port=port, log_level="warning"
-    )
+    """uvicorn in a background thread of this process, on a port it holds from the start
+    (victim_service/ports.py); yields the base URL."""
+    sock = listening_socket()
+    config = uvicorn.Config(app or create_app(settings), log_level="warning")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         wait_ready(url)
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
 
 
 @contextmanager
@@ -87,17 +84,22 @@ def service_process(
     log_file: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`uvicorn victim_service.app:create_app --factory` as a child process, configured by env;
-    its stdout and stderr go to `log_file` when given.
+    its stdout and stderr go to `log_file` when given. It serves on a socket this process bound
+    on `port` (any free one by default) and hands over with `--fd`: the port is never free
+    between its choice and the service's start (victim_service/ports.py).
 
     `ready_timeout`: seconds to wait for /readyz (importing torch and loading the model can
     take minutes on a machine whose cores are all busy)."""
-    port = port or free_port()
+    sock = listening_socket(port or 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "uvicorn", "victim_service.app:create_app", "--factory",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]  # fmt: skip
+           "--fd", str(sock.fileno()), "--log-level", log_level]  # fmt: skip
     log = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115
-    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+    with sock:  # the child holds its own copy
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log, pass_fds=(sock.fileno(),)
+        )
     try:
         wait_ready(url, timeout=ready_timeout, exit_code=process.poll)
         yield url, process
@@ -136,9 +138,8 @@ def preloaded_service(
         with service_process(env, log_level=log_level, ready_timeout=ready_timeout) as (url, _):
             yield url
         return
-    port = free_port()
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    pid = _ZYGOTE.start(full_env, port, log_level)
+    pid, port = _ZYGOTE.start(full_env, log_level=log_level)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=ready_timeout, exit_code=lambda: _ZYGOTE.exit_code(pid))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from shared.errors import TestbedError
+from victim_service.ports import listening_socket
 
 STOP_TIMEOUT_S = 10.0
 """What a child gets to answer its requests in flight after SIGTERM, before SIGKILL."""
@@ -76,10 +77,10 @@ def _die_with_the_server() -> None:
         pass
 
 
-def _child(env: dict[str, str], port: int, log_level: str) -> None:
+def _child(env: dict[str, str], fd: int, log_level: str) -> None:
     """A forked child: the caller's environment as it is now (not as it was when the server
     started), stdin from /dev/null and stdout on the caller's stderr (never the server's
-    protocol pipes), then uvicorn."""
+    protocol pipes), then uvicorn on the listening socket `fd` the server bound for it."""
     import uvicorn
 
     _die_with_the_server()
@@ -89,18 +90,15 @@ def _child(env: dict[str, str], port: int, log_level: str) -> None:
     os.dup2(2, 1)
     os.environ.clear()
     os.environ.update(env)
-    uvicorn.run(
-        "victim_service.app:create_app", factory=True, host="127.0.0.1", port=port,
-        log_level=log_level,
-    )  # fmt: skip
+    uvicorn.run("victim_service.app:create_app", factory=True, fd=fd, log_level=log_level)
 
 
-def _run_child(args: dict) -> int:
+def _run_child(args: dict, fd: int) -> int:
     """The child's exit code, as the interpreter would give it: it must never return into the
     server's loop, so it leaves by os._exit (after flushing what it wrote)."""
     code = 0
     try:
-        _child(args["env"], args["port"], args["log_level"])
+        _child(args["env"], fd, args["log_level"])
     except SystemExit as stop:  # uvicorn's exit on a failed startup (3), already logged
         code = stop.code if isinstance(stop.code, int) else 1
     except BaseException:  # noqa: BLE001
@@ -124,11 +122,17 @@ def serve(requests=sys.stdin, replies=sys.stdout) -> None:
             request = json.loads(line)
             if "start" in request:
                 args = request["start"]
-                pid = os.fork()
-                if pid == 0:
-                    os._exit(_run_child(args))
-                children.running.add(pid)
-                reply: dict = {"pid": pid}
+                try:  # bound here, before the fork: the port is the child's from the start
+                    sock = listening_socket(args.get("port", 0))
+                except TestbedError as exc:
+                    reply: dict = {"error": str(exc)}
+                else:
+                    with sock:
+                        pid = os.fork()
+                        if pid == 0:
+                            os._exit(_run_child(args, sock.fileno()))
+                        reply = {"pid": pid, "port": sock.getsockname()[1]}
+                    children.running.add(pid)
             elif "poll" in request:
                 reply = {"exit": children.code(request["poll"])}
             else:
@@ -172,9 +176,15 @@ class Zygote:
             raise TestbedError("the service's fork server exited (its stderr says why)")
         return json.loads(line)
 
-    def start(self, env: dict[str, str], port: int, log_level: str = "warning") -> int:
-        """Fork a service on `port` with exactly `env` as its environment; its pid."""
-        return self._ask({"start": {"env": env, "port": port, "log_level": log_level}})["pid"]
+    def start(
+        self, env: dict[str, str], port: int = 0, log_level: str = "warning"
+    ) -> tuple[int, int]:
+        """Fork a service with exactly `env` as its environment, on a socket the server binds
+        on `port` (0: any free one) before forking; its pid and port."""
+        reply = self._ask({"start": {"env": env, "port": port, "log_level": log_level}})
+        if "error" in reply:
+            raise TestbedError(reply["error"])
+        return reply["pid"], reply["port"]
 
     def exit_code(self, pid: int) -> int | None:
         """None while the child runs."""
