@@ -3,13 +3,14 @@
     python -m benchmarks.components --json out.json
 
 CPU time (not wall time) of the steps the HTTP figures are made of: reading a multipart body
-(Starlette's parser vs the fast path), decoding 32 PNGs (as served, and through Pillow
-alone), reading a v2 binary tensor, encoding the JSON answer (standard library vs orjson),
-and the model's batched forward pass; on the attacker's side, encoding 32 PNGs (`encode_png`
-against Pillow's encoder, which it replaced), making 32 `natural` pool images, and storing 32
-answered rows in a transfer set (through the table, against the ORM's bulk insert). CPU time
-moves less than throughput on a loaded machine, which makes these the figures to compare
-changes with when the machine is shared; they still grow under heavy contention.
+(Starlette's parser vs the fast path), decoding 32 PNGs (as served, and through Pillow alone;
+noise and photographs, each as `encode_png` and as Pillow's encoder wrote them), reading a v2
+binary tensor, encoding the JSON answer (standard library vs orjson), and the model's batched
+forward pass; on the attacker's side, encoding 32 PNGs (`encode_png` against Pillow's encoder,
+which it replaced), making 32 `natural` pool images, and storing 32 answered rows in a transfer
+set (through the table, against the ORM's bulk insert); and the two PNG encoders' file sizes.
+CPU time moves less than throughput on a loaded machine, which makes these the figures to
+compare changes with when the machine is shared; they still grow under heavy contention.
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ def _transfer_set_writes(repeats: int) -> dict[str, float]:
         }
 
 
+def _png_sizes() -> dict[str, float]:
+    """Mean bytes of a `natural` photograph as a PNG, at 32 and 64 px, from each encoder."""
+    sizes = {}
+    for side in (32, 64):
+        pool = load_dataset("natural", size=64, image_size=side)
+        images = [pool.image(i) for i in range(64)]
+        for name, encode in (("encode_png", encode_png), ("pillow", encode_png_pillow)):
+            sizes[f"{name}_{side}px"] = sum(len(encode(im)) for im in images) / len(images)
+    return sizes
+
+
 def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
     repeats: Annotated[int, typer.Option(min=1)] = 200,
@@ -109,6 +121,10 @@ def main(
     answer = {"output": "probs", "predictions": [{"probabilities": [0.1] * 10}] * 32}
     natural = load_dataset("natural", size=32, image_size=32)
     photos = [natural.image(i) for i in range(32)]  # the attacker's PNGs are of photographs
+    # the same pixels from Pillow's encoder, which the clients used before `encode_png`
+    pillow_payloads = [encode_png_pillow(im) for im in sample_images(32)]
+    photo_payloads = [encode_png(im) for im in photos]
+    photo_pillow_payloads = [encode_png_pillow(im) for im in photos]
     empty_loop = cpu_us(lambda: asyncio.run(asyncio.sleep(0)), repeats)
 
     def v2_read():
@@ -127,6 +143,15 @@ def main(
                 lambda: split_images(body, boundary_of(content_type), 64), repeats
             ),
             "png_decode": cpu_us(lambda: decode_all(payloads, 1 << 24, 32), repeats),
+            "png_decode_pillow_encoded": cpu_us(
+                lambda: decode_all(pillow_payloads, 1 << 24, 32), repeats
+            ),
+            "png_decode_photographs": cpu_us(
+                lambda: decode_all(photo_payloads, 1 << 24, 32), repeats
+            ),
+            "png_decode_photographs_pillow_encoded": cpu_us(
+                lambda: decode_all(photo_pillow_payloads, 1 << 24, 32), repeats
+            ),
             "png_decode_pillow_only": cpu_us(
                 lambda: [decode_with_pillow(p, 1 << 24) for p in payloads], repeats
             ),
@@ -143,6 +168,7 @@ def main(
             ),
             **_transfer_set_writes(repeats),
         },
+        "png_bytes_per_photograph": _png_sizes(),
         "note": "multipart_starlette excludes the cost of asyncio.run itself "
         f"({empty_loop:.0f} µs, measured the same way)",
         "torch_threads": __import__("torch").get_num_threads(),
