@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from scenarios.cli import app
 from scenarios.experiments import granularity, steps
-from scenarios.experiments.cache import cached_path, config_hash
+from scenarios.experiments.cache import REVISIONS, cached_path, config_hash
 
 
 def test_config_hash_is_stable_and_order_free():
@@ -21,9 +21,26 @@ def test_config_hash_is_stable_and_order_free():
 def test_each_cached_artefact_has_its_configuration_written_beside_it(tmp_path):
     config = {"dataset": "digits", "epochs": 8, "nested": {"lr": 0.05}}
     path = cached_path("victims", config, ".pt", root=tmp_path)
-    key = config_hash(config)
+    keyed = {**config, "revision": REVISIONS["victims"]}
+    key = config_hash(keyed)
     assert path == (tmp_path / "victims" / f"{key}.pt").resolve() and not path.exists()
-    assert json.loads(path.with_name(f"{key}.json").read_text()) == config
+    assert json.loads(path.with_name(f"{key}.json").read_text()) == keyed
+
+
+def test_an_artefact_of_older_code_is_not_reused_once_its_kind_is_revised(tmp_path, monkeypatch):
+    """The same configuration at another revision of its kind is another artefact: a cache made
+    by the code before a change that alters what it makes is left unused (other kinds keep
+    theirs), and a kind without a revision is refused rather than cached unversioned."""
+    config = {"attack": "jbda", "params": {"rounds": 2}}
+    before = cached_path("transfer", config, ".sqlite", root=tmp_path)
+    before.write_bytes(b"made by the older code")
+    victim = cached_path("victims", config, ".pt", root=tmp_path)
+    monkeypatch.setitem(REVISIONS, "transfer", REVISIONS["transfer"] + 1)
+    after = cached_path("transfer", config, ".sqlite", root=tmp_path)
+    assert after != before and not after.exists()
+    assert cached_path("victims", config, ".pt", root=tmp_path) == victim
+    with pytest.raises(KeyError, match="no revision"):
+        cached_path("unversioned", config, ".pt", root=tmp_path)
 
 
 def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):

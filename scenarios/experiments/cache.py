@@ -4,6 +4,11 @@ knockoffs): rerunning an experiment, or another that shares a step, reuses what 
 The root is `TESTBED_EXPERIMENTS_CACHE_DIR` (default runs/cache under the working folder), so
 several checkouts can share one folder; a lock per artefact keeps two processes from making
 the same one at once.
+
+A configuration does not name the code that makes its artefact, so each kind carries a revision
+in its key: a change that makes another artefact from the same configuration (another victim,
+other answers, another knockoff, filter or detection) bumps its kind's revision here, and the
+caches of older code are then left unused instead of passing for the new code's.
 """
 
 from __future__ import annotations
@@ -30,8 +35,37 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+REVISIONS: dict[str, int] = {
+    "victims": 1,
+    "transfer": 1,
+    "knockoffs": 1,
+    "ood-filters": 1,
+    "ood-detection": 1,
+    "benign": 1,
+    "prada": 1,
+    "pools": 1,
+}
+"""Revision 1 of every kind since 2026-12-07, when revisions entered the keys: artefacts cached
+before then are not reused. They had been: `query-distribution --quick` answered from a cache
+made before JBDA's substitutes learned every label (dc821fa) with the old code's JBDA rows."""
+
+
+def _revised(kind: str, config: dict) -> dict:
+    if kind not in REVISIONS:
+        raise KeyError(f"{kind!r} has no revision in scenarios.experiments.cache.REVISIONS")
+    return {**config, "revision": REVISIONS[kind]}
+
+
+def artefact_key(kind: str, config: dict) -> str:
+    """The key of the artefact of `kind` for `config` at its kind's revision: what an artefact
+    made from it names it by, so that revising the one makes the other again too."""
+    return config_hash(_revised(kind, config))
+
+
 def cached_path(kind: str, config: dict, suffix: str, root: Path | None = None) -> Path:
-    """Where the artefact of `kind` for `config` lives; its config is written beside it."""
+    """Where the artefact of `kind` for `config` (at its kind's revision) lives; both are
+    written beside it."""
+    config = _revised(kind, config)
     key = config_hash(config)
     path = (root or cache_root()) / kind / f"{key}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from attacker.client import FatalAPIError
 from attacker.store import answer_count
 from attacker.train import KnockoffOptions
 from scenarios.experiments import scale
-from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.cache import artefact_key, cached_path, making
 from scenarios.experiments.probes import benign_accuracy, benign_keys, benign_set, cached_benign
 from scenarios.experiments.registry import Experiment, register
 from scenarios.experiments.report import header, publish, pyplot, save_figure
@@ -187,7 +187,7 @@ other seeds so that their streams are not KnockoffNets' own."""
 def _prada(config: DefensesConfig, setting: Setting, say: Say) -> dict:
     """One PRADA service: the sweep's KnockoffNets attacker (its transfer set is kept), the other
     attacker clients, then the benign clients, each with its own key (cached as a whole)."""
-    spec = {"victim": config_hash(asdict(config.victim)), "env": setting.env(),
+    spec = {"victim": artefact_key("victims", asdict(config.victim)), "env": setting.env(),
             "config": {k: v for k, v in asdict(config).items() if k != "settings"}}  # fmt: skip
     path = cached_path("prada", spec, ".result.json")
     with making(path):

@@ -22,7 +22,7 @@ import numpy as np
 
 from attacker.train import KnockoffOptions
 from scenarios.experiments import pools, scale
-from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.cache import artefact_key, cached_path, making
 from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
 from scenarios.experiments.probes import cached_benign
 from scenarios.experiments.registry import Experiment, register
@@ -77,7 +77,8 @@ def detection(config: OODDefenseConfig, say: Say) -> dict:
     """Part 1: `defense.ood_eval.evaluate_ood` per transform, with the baselines (cached)."""
     from defense.ood_eval import evaluate_ood
 
-    spec = {"filter": asdict(config.filter), "victim": config_hash(asdict(config.victim)),
+    spec = {"filter": artefact_key("ood-filters", asdict(config.filter)),
+            "victim": artefact_key("victims", asdict(config.victim)),
             "pool": config.pool, "pool_size": config.pool_size,
             "attack_images": config.detection_attack_images, "benign": config.benign_images,
             "transforms": list(config.transforms), "seed": config.seed}  # fmt: skip

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import httpx
 import numpy as np
 
-from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.cache import artefact_key, cached_path, making
 from scenarios.experiments.steps import SERVICE_READY_S, Say, VictimSpec, cached_victim
 from shared.checkpoint import load_checkpoint
 from shared.datasets import load_dataset
@@ -84,7 +84,7 @@ def cached_benign(
 ) -> dict:  # fmt: skip
     """`benign_accuracy` through the victim served with `env` (its VICTIM_* settings), measured
     once per configuration."""
-    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "images": images,
+    spec = {"victim": artefact_key("victims", asdict(victim)), "env": dict(env), "images": images,
             "clients": clients, "seed": seed}  # fmt: skip
     path = cached_path("benign", spec, ".result.json")
     with making(path):

@@ -20,7 +20,7 @@ from attacker.query import QueryConfig, run_query
 from attacker.strategies import AdaptiveConfig
 from attacker.train import KnockoffOptions, train_knockoff
 from attacker.transfer import answers_digest, load_transfer_set
-from scenarios.experiments.cache import cached_path, config_hash, making
+from scenarios.experiments.cache import artefact_key, cached_path, config_hash, making
 from victim_service.launch import preloaded_service
 from victim_service.recipes import recipe_for
 from victim_service.train import train_victim
@@ -111,7 +111,11 @@ def cached_transfer_set(
 ) -> Path:
     """The SQLite transfer set of `query` against the victim served with `env` (the service's
     VICTIM_* settings: output, defenses), queried over HTTP once per configuration."""
-    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "query": query.key()}
+    spec = {
+        "victim": artefact_key("victims", asdict(victim)),
+        "env": dict(env),
+        "query": query.key(),
+    }
 
     def ask(url: str, db: Path) -> None:
         say(f"  querying {url}: {query.budget} images, {query.strategy}, seed {query.seed}")
@@ -131,7 +135,7 @@ def cached_attack_set(
 ) -> Path:  # fmt: skip
     """The transfer set of a registered attack (`attacker.attacks`, e.g. JBDA, which makes its
     own images) against the victim served with `env`, queried once per configuration."""
-    spec = {"victim": config_hash(asdict(victim)), "env": dict(env), "attack": attack,
+    spec = {"victim": artefact_key("victims", asdict(victim)), "env": dict(env), "attack": attack,
             "params": params}  # fmt: skip
 
     def ask(url: str, db: Path) -> None:
@@ -158,7 +162,7 @@ def knockoff_row(
     trains on (`answers_digest`), not by the run that asked them: runs that obtained exactly
     the same answers share one knockoff, as `train_knockoff` makes them equal."""
     spec = {"answers": answers_digest(db, budget=budget), "budget": budget,
-            "victim": config_hash(asdict(victim)), "hard_labels": hard_labels,
+            "victim": artefact_key("victims", asdict(victim)), "hard_labels": hard_labels,
             "options": asdict(replace(options, progress=False))}  # fmt: skip
     knockoff = cached_path("knockoffs", spec, ".pt")
     scores = knockoff.with_suffix(".eval.json")
