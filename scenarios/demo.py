@@ -19,6 +19,7 @@ from attacker.query import QueryConfig, run_query
 from attacker.strategies import STRATEGIES
 from attacker.train import KnockoffOptions, check_keep, train_knockoff
 from attacker.transfer import load_transfer_set
+from scenarios.experiments.cache import artefact_key
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.datasets import check_dataset
 from shared.errors import TestbedError, check_choice
@@ -105,14 +106,24 @@ ADVERSARY_KNOWLEDGE = {
 }
 
 
+def victim_cache_path(config: DemoConfig, cache_dir: Path = Path("runs/victims")) -> Path:
+    """The cached victim's file, named by its dataset, architecture, epochs and seed for people,
+    and by the key of its whole recipe at the victims' revision (`scenarios.experiments.cache`):
+    until 2026-12-07 the name alone chose it, so a victim trained with another batch size or
+    rate, or by training code since changed, was reused as if it were this recipe's."""
+    recipe = {"dataset": config.victim_dataset, "arch": config.victim_arch,
+              "epochs": config.victim_epochs, "batch_size": config.victim_batch_size,
+              "lr": config.victim_lr, "seed": config.seed}  # fmt: skip
+    key = artefact_key("victims", recipe)[:8]
+    name = f"{config.victim_dataset}-{config.victim_arch}-e{config.victim_epochs}-s{config.seed}"
+    return (cache_dir / f"{name}-{key}.pt").resolve()
+
+
 def cached_victim(
     config: DemoConfig, cache_dir: Path = Path("runs/victims")
 ) -> tuple[Path, ModelCard]:
-    """Train the victim once per (dataset, arch, seed, epochs) and reuse its checkpoint."""
-    path = cache_dir / (
-        f"{config.victim_dataset}-{config.victim_arch}-e{config.victim_epochs}-s{config.seed}.pt"
-    )
-    path = path.resolve()
+    """Train the victim once per recipe (`victim_cache_path`) and reuse its checkpoint."""
+    path = victim_cache_path(config, cache_dir)
     if path.exists():
         try:
             return path, load_checkpoint(path)[1]

@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
 
 from attacker.transfer import load_transfer_set
-from scenarios.demo import PRESETS, DemoConfig, run_demo
+from scenarios.demo import PRESETS, DemoConfig, run_demo, victim_cache_path
 
 REPORT_KEYS = {
     "victim_accuracy", "knockoff_accuracy", "recovery", "agreement", "knockoff_macro_accuracy",
@@ -31,10 +32,13 @@ def test_demo_end_to_end_through_a_real_service(victim_checkpoint, tmp_path, mon
                         knockoff_keep="last", out=tmp_path / "demo", victim_epochs=8)  # fmt: skip
     monkeypatch.chdir(tmp_path)  # the victim cache is runs/victims under the working folder
     (tmp_path / "runs" / "victims").mkdir(parents=True)
-    shutil.copy(victim_checkpoint, tmp_path / "runs" / "victims" / "digits-cnn5-e8-s0.pt")
+    cached = victim_cache_path(config)
+    assert cached.parent == (tmp_path / "runs" / "victims").resolve()
+    assert cached.name.startswith("digits-cnn5-e8-s0-")
+    shutil.copy(victim_checkpoint, cached)
     lines: list[str] = []
     report = run_demo(config, say=lines.append)
-    assert report["data"]["victim_checkpoint"].endswith("runs/victims/digits-cnn5-e8-s0.pt")
+    assert report["data"]["victim_checkpoint"] == str(cached)  # reused, not trained again
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert set(saved) == REPORT_KEYS
@@ -159,3 +163,17 @@ def test_ctrl_c_in_an_experiment_says_its_finished_steps_are_cached(tmp_path, mo
         f"{cache}; rerun the same command to go on from them"
     ), said
     assert "Traceback" not in result.output
+
+
+def test_the_demos_victim_is_reused_only_for_its_own_recipe_and_revision(monkeypatch):
+    """Until 2026-12-07 the file's name (dataset, arch, epochs, seed) alone chose the cached
+    victim: another learning rate or batch size, or training code since revised, reused it."""
+    from scenarios.experiments.cache import REVISIONS
+
+    base = DemoConfig(victim_epochs=8)
+    path = victim_cache_path(base)
+    assert path == victim_cache_path(DemoConfig(victim_epochs=8))
+    assert victim_cache_path(replace(base, victim_lr=base.victim_lr * 2)) != path
+    assert victim_cache_path(replace(base, victim_batch_size=32)) != path
+    monkeypatch.setitem(REVISIONS, "victims", REVISIONS["victims"] + 1)
+    assert victim_cache_path(base) != path
