@@ -25,6 +25,7 @@ from typing import Annotated
 import typer
 
 from benchmarks.common import write_json
+from defense import cache as defense_cache
 from shared.cli import friendly
 from shared.paths import data_settings
 from shared.transforms import DEFAULT_ATTACK_TRANSFORMS
@@ -86,6 +87,7 @@ def main(
         "match_in": match_in, "backbone_size": backbone_size,
         "pretrain_limit": pretrain_limit, "fit_limit": fit_limit,
         "target_tnr": target_tnr, "image_size": image_size, "encodings": True, "seed": seed,
+        "revision": defense_cache.REVISION,
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     detector = data_settings().cache_dir / "ood-filters" / f"{digest}.pt"

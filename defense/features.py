@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from defense import cache
 from shared.checkpoint import load_checkpoint
 from shared.device import autocast
 from shared.errors import TestbedError
@@ -284,7 +285,7 @@ def cached_features(
     path = (
         data_settings().cache_dir
         / "features"
-        / f"{safe}-{backbone.fingerprint}-{backbone.input_size}-{len(images)}.npy"
+        / f"{safe}-{backbone.fingerprint}-{backbone.input_size}-{len(images)}-r{cache.REVISION}.npy"
     )
     if path.exists():
         return np.load(path)

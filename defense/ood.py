@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from defense import cache
 from defense.features import (
     Backbone,
     cached_features,
@@ -213,7 +214,8 @@ def encoded(
     if match_in > 0:
         key += f"-m{match_in:g}q{in_quality}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    path = data_settings().cache_dir / "encodings" / f"{safe}-{size}-s{seed}-{len(images)}.npy"
+    name = f"{safe}-{size}-s{seed}-{len(images)}-r{cache.REVISION}.npy"
+    path = data_settings().cache_dir / "encodings" / name
     if path.exists():
         return np.load(path)
     out = random_encodings(images, size, seed, progress, match_in, in_quality)

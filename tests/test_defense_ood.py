@@ -332,3 +332,30 @@ def test_defender_backbone_is_a_function_of_its_seed():
         )
         states.append(backbone.model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_encodings_and_features_of_older_code_are_not_reused_once_revised(
+    victim_checkpoint, tmp_path, monkeypatch
+):
+    """Re-encoded images and backbone features are cached by their inputs (images, size, seed,
+    weights); `defense.cache.REVISION` names the code, so a bump makes them again."""
+    from defense import cache
+    from defense.features import cached_features, victim_backbone
+    from defense.ood import encoded
+
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    backbone = victim_backbone(victim_checkpoint)
+
+    def cached() -> set[str]:
+        return {p.name for p in tmp_path.rglob("*.npy")}
+
+    first = encoded(images, 32, "four", seed=0, progress=False)
+    cached_features(backbone, "four", images, progress=False)
+    assert len(cached()) == 2
+    np.testing.assert_array_equal(encoded(images, 32, "four", seed=0, progress=False), first)
+    assert len(cached()) == 2  # read back, not made again
+    monkeypatch.setattr(cache, "REVISION", cache.REVISION + 1)
+    encoded(images, 32, "four", seed=0, progress=False)
+    cached_features(backbone, "four", images, progress=False)
+    assert len(cached()) == 4

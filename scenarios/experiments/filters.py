@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from attacker.transfer import load_transfer_set
+from defense import cache as defense_cache
 from scenarios.experiments.cache import cached_path, making
 
 
@@ -40,11 +41,17 @@ class FilterSpec:
         return {"VICTIM_OOD_DETECTOR": str(cached_filter(self)), "VICTIM_OOD_ACTION": action}
 
 
+def filter_config(spec: FilterSpec) -> dict:
+    """What a filter is cached by: its configuration and the defense side's revision (its
+    encodings, features and training code; `defense.cache`)."""
+    return {**asdict(spec), "defense_revision": defense_cache.REVISION}
+
+
 def cached_filter(spec: FilterSpec) -> Path:
     """The filter artefact, trained once per configuration."""
     from defense.ood import train_ood
 
-    path = cached_path("ood-filters", asdict(spec), ".pt")
+    path = cached_path("ood-filters", filter_config(spec), ".pt")
     with making(path):
         if not path.exists():
             train_ood(

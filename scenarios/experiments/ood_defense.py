@@ -23,7 +23,7 @@ import numpy as np
 from attacker.train import KnockoffOptions
 from scenarios.experiments import pools, scale
 from scenarios.experiments.cache import artefact_key, cached_path, making
-from scenarios.experiments.filters import FilterSpec, cached_filter, flagged_fraction
+from scenarios.experiments.filters import FilterSpec, cached_filter, filter_config, flagged_fraction
 from scenarios.experiments.probes import cached_benign
 from scenarios.experiments.registry import Experiment, register
 from scenarios.experiments.report import header, publish, pyplot, save_figure
@@ -77,7 +77,7 @@ def detection(config: OODDefenseConfig, say: Say) -> dict:
     """Part 1: `defense.ood_eval.evaluate_ood` per transform, with the baselines (cached)."""
     from defense.ood_eval import evaluate_ood
 
-    spec = {"filter": artefact_key("ood-filters", asdict(config.filter)),
+    spec = {"filter": artefact_key("ood-filters", filter_config(config.filter)),
             "victim": artefact_key("victims", asdict(config.victim)),
             "pool": config.pool, "pool_size": config.pool_size,
             "attack_images": config.detection_attack_images, "benign": config.benign_images,
