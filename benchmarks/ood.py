@@ -76,6 +76,7 @@ def main(
 ) -> None:
     from defense.ood import OODFilter, train_ood
     from defense.ood_eval import evaluate_ood
+    from shared.datasets import data_version
     from shared.transforms import parse_transform
 
     transforms = list(transform or DEFAULT_ATTACK_TRANSFORMS)
@@ -88,6 +89,7 @@ def main(
         "pretrain_limit": pretrain_limit, "fit_limit": fit_limit,
         "target_tnr": target_tnr, "image_size": image_size, "encodings": True, "seed": seed,
         "revision": defense_cache.REVISION,
+        "data": [data_version(in_dataset), data_version(out_dataset)],  # a replaced archive
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     detector = data_settings().cache_dir / "ood-filters" / f"{digest}.pt"

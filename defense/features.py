@@ -276,16 +276,18 @@ def cached_features(
     batch_size: int = 512,
     progress: bool = True,
 ) -> np.ndarray:
-    """`embed_arrays`, cached under the cache dir by (data key, backbone weights, row count).
+    """`embed_arrays`, cached under the cache dir by (images, backbone weights, code).
 
-    `key` names the images (dataset, split, size, selection); the backbone's fingerprint names
-    its weights, so retraining a backbone never reuses stale features.
+    `key` labels the file for a reader (dataset, split, size, selection); the images' own digest
+    and the backbone's fingerprint name what it holds, so neither other images under the same
+    label nor a retrained backbone ever reuses stale features.
     """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     path = (
         data_settings().cache_dir
         / "features"
-        / f"{safe}-{backbone.fingerprint}-{backbone.input_size}-{len(images)}-r{cache.REVISION}.npy"
+        / f"{safe}-{cache.content_digest(images)}-{backbone.fingerprint}-{backbone.input_size}"
+        f"-r{cache.REVISION}.npy"
     )
     if path.exists():
         return np.load(path)

@@ -210,11 +210,12 @@ def encoded(
     match_in: float = 0.0,
     in_quality: int | None = None,
 ) -> np.ndarray:
-    """`random_encodings` of `images`, cached on disk under `key` (they take a minute at 50k)."""
+    """`random_encodings` of `images`, cached on disk by the images' digest, labelled `key`
+    (they take a minute at 50k)."""
     if match_in > 0:
         key += f"-m{match_in:g}q{in_quality}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    name = f"{safe}-{size}-s{seed}-{len(images)}-r{cache.REVISION}.npy"
+    name = f"{safe}-{cache.content_digest(images)}-{size}-s{seed}-r{cache.REVISION}.npy"
     path = data_settings().cache_dir / "encodings" / name
     if path.exists():
         return np.load(path)

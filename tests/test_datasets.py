@@ -1,4 +1,5 @@
 import hashlib
+import os
 import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -115,8 +116,8 @@ def test_noise_pool_is_uniform_random_pixels():
     assert np.array_equal(pool.image(3), load_dataset("noise", size=20).image(3))
 
 
-def _write_tree(root: Path, classes=("cat", "dog"), per_class=3, side=12) -> None:
-    rng = np.random.default_rng(0)
+def _write_tree(root: Path, classes=("cat", "dog"), per_class=3, side=12, seed=0) -> None:
+    rng = np.random.default_rng(seed)
     for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(per_class):
@@ -234,9 +235,52 @@ def test_archive_datasets_unpack_once_into_the_cache(tmp_path: Path, monkeypatch
     assert test.classes == ["airplane", "ship"] and len(test) == 6
     assert (tmp_path / "cache" / "extracted" / "cifar10-jpeg" / ".complete").exists()
     assert test.arrays(12).shape == (6, 12, 12, 3)
-    assert (tmp_path / "cache" / "arrays" / "cifar10-jpeg-test-12.npy").exists()
+    assert len(list((tmp_path / "cache" / "arrays").glob("cifar10-jpeg-test-*-12.npy"))) == 1
     (data / "cifar10-jpeg.tar.gz").unlink()  # already unpacked: the archive is no longer needed
     assert len(load_dataset("cifar10-jpeg", "train")) == 6
+
+
+def test_an_archive_replaced_under_its_name_is_unpacked_again_and_its_arrays_made_again(
+    tmp_path: Path, monkeypatch
+):
+    """The unpacked folder and the resized arrays were keyed by the archive's name: a new
+    cifar10-jpeg.tar.gz (same name, same count, other pixels) went on giving the old images."""
+    from shared.datasets import data_version
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data))
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path / "cache"))
+
+    def publish(seed: int) -> None:
+        source = tmp_path / f"src{seed}"
+        _write_tree(source / "cifar10" / "test", classes=("airplane", "ship"), seed=seed)
+        with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+            tar.add(source / "cifar10", arcname="cifar10")
+        os.utime(data / "cifar10-jpeg.tar.gz", ns=(seed * 10**9, seed * 10**9))
+
+    publish(1)
+    first = load_dataset("cifar10-jpeg", "test")
+    old_pixels, old_arrays, old_version = (
+        first.image(0),
+        first.arrays(12),
+        data_version("cifar10-jpeg"),
+    )
+    publish(2)
+    new_version = data_version("cifar10-jpeg")
+    assert new_version not in (old_version, None)
+    second = load_dataset("cifar10-jpeg", "test")
+    assert len(second) == len(first)
+    assert not np.array_equal(second.image(0), old_pixels)
+    assert not np.array_equal(second.arrays(12), old_arrays)
+    with Image.open(second.paths[0]) as image:  # what the new archive holds, not the old one
+        np.testing.assert_array_equal(second.image(0), np.asarray(image.convert("RGB")))
+    (data / "cifar10-jpeg.tar.gz").unlink()  # gone: the folder unpacked last stands for it
+    assert data_version("cifar10-jpeg") == new_version
+    np.testing.assert_array_equal(
+        load_dataset("cifar10-jpeg", "test").arrays(12), second.arrays(12)
+    )
+    assert data_version("natural") is None
 
 
 def test_an_archive_is_unpacked_by_one_process_while_the_others_wait(tmp_path: Path):

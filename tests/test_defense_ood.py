@@ -359,3 +359,30 @@ def test_encodings_and_features_of_older_code_are_not_reused_once_revised(
     encoded(images, 32, "four", seed=0, progress=False)
     cached_features(backbone, "four", images, progress=False)
     assert len(cached()) == 4
+
+
+def test_other_images_under_the_same_label_are_never_answered_from_the_cache(
+    victim_checkpoint, tmp_path, monkeypatch
+):
+    """The label (`key`) names a dataset, which a replaced archive changes under the same name:
+    before the images' digest entered the file names, the old images' features came back for
+    the new ones when the count matched."""
+    from defense.features import cached_features, embed_arrays, victim_backbone
+    from defense.ood import encoded
+    from shared.transforms import random_encodings
+
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    old, new = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    backbone = victim_backbone(victim_checkpoint)
+    encoded(old, 32, "cifar10-jpeg-train", seed=0, progress=False)
+    cached_features(backbone, "cifar10-jpeg-train", old, progress=False)
+    np.testing.assert_array_equal(
+        encoded(new, 32, "cifar10-jpeg-train", seed=0, progress=False),
+        random_encodings(new, 32, 0, False),
+    )
+    np.testing.assert_allclose(
+        cached_features(backbone, "cifar10-jpeg-train", new, progress=False),
+        embed_arrays(backbone, new, progress=False),
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip

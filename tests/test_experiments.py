@@ -43,6 +43,29 @@ def test_an_artefact_of_older_code_is_not_reused_once_its_kind_is_revised(tmp_pa
         cached_path("unversioned", config, ".pt", root=tmp_path)
 
 
+def test_an_artefact_of_a_replaced_archive_is_made_again(tmp_path, monkeypatch):
+    """A configuration names its data by dataset name; an archive replaced under that name (a
+    new Tiny-ImageNet subset) keys every artefact made from it anew, at any depth, and leaves
+    the keys of configurations that name no archive as they were."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data))
+    monkeypatch.setenv("TESTBED_CACHE_DIR", str(tmp_path / "cache"))
+    archive = data / "tiny-imagenet-subset.tar.gz"
+    archive.write_bytes(b"the first subset")
+    config = {"attack": "knockoff", "pools": ["natural", "tiny-imagenet-attacker"]}
+    plain = {"attack": "knockoff", "pools": ["natural"]}
+    before = cached_path("transfer", config, ".sqlite", root=tmp_path)
+    untouched = cached_path("transfer", plain, ".sqlite", root=tmp_path)
+    assert untouched.name == f"{config_hash({**plain, 'revision': REVISIONS['transfer']})}.sqlite"
+    assert json.loads(before.with_suffix(".json").read_text())["data"].keys() == {
+        "tiny-imagenet-attacker"
+    }
+    archive.write_bytes(b"a second subset, other images")
+    assert cached_path("transfer", config, ".sqlite", root=tmp_path) != before
+    assert cached_path("transfer", plain, ".sqlite", root=tmp_path) == untouched
+
+
 def test_experiments_are_listed_and_unknown_names_are_one_line_errors(tmp_path):
     listed = CliRunner().invoke(app, ["experiments"])
     assert listed.exit_code == 0 and "granularity" in listed.output

@@ -8,7 +8,10 @@ the same one at once.
 A configuration does not name the code that makes its artefact, so each kind carries a revision
 in its key: a change that makes another artefact from the same configuration (another victim,
 other answers, another knockoff, filter or detection) bumps its kind's revision here, and the
-caches of older code are then left unused instead of passing for the new code's.
+caches of older code are then left unused instead of passing for the new code's. The data
+is named the same way: a configuration that names a dataset read from an archive is keyed by
+that archive's stamp as well (`shared.datasets.data_version`), so a replaced archive makes its
+artefacts again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from shared.datasets import data_version
 from shared.paths import data_settings
 
 
@@ -53,7 +57,19 @@ made before JBDA's substitutes learned every label (dc821fa) with the old code's
 def _revised(kind: str, config: dict) -> dict:
     if kind not in REVISIONS:
         raise KeyError(f"{kind!r} has no revision in scenarios.experiments.cache.REVISIONS")
-    return {**config, "revision": REVISIONS[kind]}
+    versions = {name: v for name in sorted(_strings(config)) if (v := data_version(name))}
+    return {**config, "revision": REVISIONS[kind]} | ({"data": versions} if versions else {})
+
+
+def _strings(value: object) -> set[str]:
+    """Every string among a configuration's values, at any depth (the datasets it names)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*map(_strings, value.values()))
+    if isinstance(value, list | tuple):
+        return set().union(*map(_strings, value))
+    return set()
 
 
 def artefact_key(kind: str, config: dict) -> str:

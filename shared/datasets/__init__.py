@@ -7,7 +7,7 @@ tiny-imagenet-*), `torchvision_sets` (torchvision's datasets).
 """
 
 from shared.datasets import archives, generated, torchvision_sets  # noqa: F401  (registration)
-from shared.datasets.archives import extracted_archive
+from shared.datasets.archives import data_version, extracted_archive
 from shared.datasets.base import SPLITS, ArrayDataset, FileDataset, ImageDataset
 from shared.datasets.generated import NaturalPool, NoisePool, bundled_photos
 from shared.datasets.imagefolder import NO_FLIP_MARKER, imagefolder, read_tree
@@ -30,6 +30,7 @@ __all__ = [
     "NoisePool",
     "bundled_photos",
     "check_dataset",
+    "data_version",
     "dataset_names",
     "extracted_archive",
     "imagefolder",

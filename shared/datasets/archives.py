@@ -17,14 +17,23 @@ from shared.datasets.registry import register
 from shared.errors import MissingDataError, TestbedError
 from shared.paths import data_settings
 
+ARCHIVES = {
+    "cifar10-jpeg": "cifar10-jpeg.tar.gz",
+    "tiny-imagenet-defender": "tiny-imagenet-subset.tar.gz",
+    "tiny-imagenet-attacker": "tiny-imagenet-subset.tar.gz",
+}
+"""The datasets read from an archive in the data folder, and its file name."""
+
 
 def extracted_archive(archive_name: str) -> Path:
-    """Unpack `archive_name` from the data folder once into the cache; return the folder."""
-    settings = data_settings()
-    archive = settings.data_dir / archive_name
-    stem = archive_name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".zip")
-    target = settings.cache_dir / "extracted" / stem
-    if (target / ".complete").exists():
+    """Unpack `archive_name` from the data folder once into the cache; return the folder.
+
+    The folder is taken again only while it came from this very archive (`archive_stamp`): an
+    archive replaced under the same name is unpacked again, where its name alone had kept the
+    old images. Without the archive, the folder unpacked before is used as it is."""
+    archive = data_settings().data_dir / archive_name
+    target = _unpacked_folder(archive_name)
+    if _unpacked_from(target, archive):
         return target
     if not archive.exists():
         raise MissingDataError(
@@ -44,21 +53,63 @@ def extracted_archive(archive_name: str) -> Path:
               file=sys.stderr, flush=True)  # fmt: skip
         lock.acquire()
     try:
-        if (target / ".complete").exists():
+        if _unpacked_from(target, archive):
             return target
-        partial = target.with_name(f"{stem}.partial-{os.getpid()}")
+        if (target / ".complete").exists():
+            print(f"{archive} has changed since it was unpacked: unpacking it again",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        stamp = archive_stamp(archive)
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         try:
             unpack(archive, partial)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        (partial / ".complete").write_text(hashlib.sha256(archive.name.encode()).hexdigest())
+        (partial / ".complete").write_text(stamp)
         shutil.rmtree(target, ignore_errors=True)
         partial.replace(target)
     finally:
         lock.release()
     return target
+
+
+def archive_stamp(archive: Path) -> str:
+    """Which archive a folder was unpacked from: its name, size and modification time, hashed
+    (reading a 250 MB archive through a hash on every load would cost seconds)."""
+    info = archive.stat()
+    fields = f"{archive.name}\0{info.st_size}\0{info.st_mtime_ns}"
+    return hashlib.sha256(fields.encode()).hexdigest()[:16]
+
+
+def unpacked_stamp(folder: Path) -> str:
+    """The stamp of the archive `folder` was unpacked from; keys the caches made from it."""
+    return (folder / ".complete").read_text().strip()
+
+
+def data_version(dataset: str) -> str | None:
+    """The stamp of the archive `dataset` is read from (None for a dataset of no archive),
+    without unpacking it: caches of what was made from a dataset name it with this, so that a
+    replaced archive is not answered from the old one's artefacts."""
+    archive_name = ARCHIVES.get(dataset)
+    if archive_name is None:
+        return None
+    archive = data_settings().data_dir / archive_name
+    if archive.exists():
+        return archive_stamp(archive)
+    unpacked = _unpacked_folder(archive_name)
+    return unpacked_stamp(unpacked) if (unpacked / ".complete").exists() else None
+
+
+def _unpacked_folder(archive_name: str) -> Path:
+    stem = archive_name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".zip")
+    return data_settings().cache_dir / "extracted" / stem
+
+
+def _unpacked_from(target: Path, archive: Path) -> bool:
+    if not (target / ".complete").exists():
+        return False
+    return not archive.exists() or unpacked_stamp(target) == archive_stamp(archive)
 
 
 def unpack(archive: Path, folder: Path) -> None:
@@ -88,15 +139,16 @@ def _refuse_outside(member: tarfile.TarInfo, folder: Path) -> None:
 
 @register("cifar10-jpeg")
 def cifar10_jpeg(split: str = "train", **_: object) -> FileDataset:
-    root = extracted_archive("cifar10-jpeg.tar.gz") / "cifar10" / split
-    return read_tree(root, cache_key=f"cifar10-jpeg-{split}", name="cifar10-jpeg")
+    folder = extracted_archive(ARCHIVES["cifar10-jpeg"])
+    key = f"cifar10-jpeg-{split}-{unpacked_stamp(folder)}"
+    return read_tree(folder / "cifar10" / split, cache_key=key, name="cifar10-jpeg")
 
 
 def _tiny_imagenet(part: str) -> FileDataset:
-    root = extracted_archive("tiny-imagenet-subset.tar.gz") / "tiny-imagenet"
-    dataset = read_tree(
-        root / part, cache_key=f"tiny-imagenet-{part}", name=f"tiny-imagenet-{part}"
-    )
+    folder = extracted_archive(ARCHIVES[f"tiny-imagenet-{part}"])
+    root = folder / "tiny-imagenet"
+    key = f"tiny-imagenet-{part}-{unpacked_stamp(folder)}"
+    dataset = read_tree(root / part, cache_key=key, name=f"tiny-imagenet-{part}")
     words = root / "words.txt"
     if words.exists():
         lookup = dict(
