@@ -18,7 +18,11 @@ The headline pool is `noise` (near-free to generate), so the figure measures the
 machinery itself: HTTP, PNG encoding, hashing, scheduling, SQLite. `by_pool` adds `natural`,
 whose synthesis (random crops of large photographs) costs about 1 ms of CPU per image: where the
 attacker and the service share a few cores, that CPU is taken from the service, and the ratio
-shows it. Timings on a shared machine are noisy: the medians of `--repeats` alternations count.
+shows it. Each run of `natural` starts with no image made, on disk or in memory. `natural@kept`
+is the same pool as an attacker holds it after a first run, or as photographs on disk: its
+images were made before the run (untimed, `fill_s`) and kept on disk (`shared.datasets.slots`),
+so the run reads them back. Timings on a shared machine are noisy: the medians of `--repeats`
+alternations count.
 
 Two CPU layouts (`--cores`): `shared` puts the clients and the service on all the cores, as on
 one machine, where every microsecond the attacker spends is taken from the service, so the
@@ -35,14 +39,18 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from attacker.query import QueryConfig, run_query
+from attacker.runs import load_pool_of
 from benchmarks.common import machine, pinned, split_cpus, throwaway_victim
 from benchmarks.loadgen import generate_load, v1_requests, v2_requests
 from benchmarks.serve import process_cpu_s, self_cpu_s
@@ -59,15 +67,16 @@ def measure(
     args: argparse.Namespace, url: str, pid: int, pool_name: str, protocol: str, tmp: Path
 ) -> dict:
     """Alternate capacity and attacker runs `repeats` times; medians of rates and ratios."""
+    dataset, kept = pool_spec(pool_name)
     # the images as the attacker sends them: at the victim's input size (a folder pool's
     # 64-px photographs would cost the service a larger decode and a resize)
-    pool = load_dataset(pool_name, size=512, image_size=32, seed=0)
+    pool = load_dataset(dataset, size=512, image_size=32, seed=0)
     images = np.stack([resize(pool.image(i), 32) for i in range(min(len(pool), 512))])
     if protocol == "v2":
         requests = v2_requests(images, args.batch_size)
     else:
         requests = v1_requests([encode_image(image) for image in images], args.batch_size)
-    capacity, attacker, ratios = [], [], []
+    capacity, attacker, ratios, fill_s = [], [], [], []
     cpu: dict[str, list[float]] = {"loadgen": [], "service_under_loadgen": [], "attacker": [],
                                    "service_under_attacker": []}  # fmt: skip
     for repeat in range(args.repeats):
@@ -84,16 +93,20 @@ def measure(
         capacity.append(load.images_per_s)
         budget = max(args.batch_size * args.concurrency, int(load.images_per_s * args.duration))
         config = QueryConfig(
-            url=url, pool=pool_name, budget=budget,
+            url=url, pool=dataset, budget=budget,
             db=tmp / f"{pool_name}-{protocol}-{repeat}.sqlite", seed=repeat,
             concurrency=args.concurrency, batch_size=args.batch_size, pool_size=budget,
             pool_image_size=32, progress=False, protocol=protocol,
         )  # fmt: skip
         # a run makes each pool image once; the images made for the load generator, or by an
-        # earlier run of the same seed, must not come free from the process's cache
-        NATURAL_CACHE.clear()
-        service0, client0 = process_cpu_s(pid), self_cpu_s()
-        result = run_query(config)
+        # earlier run of the same seed, must not come free from the process's cache or the disk
+        with own_pool_store(tmp, dataset):
+            NATURAL_CACHE.clear()
+            if kept:
+                fill_s.append(fill_pool(config))
+                NATURAL_CACHE.clear()
+            service0, client0 = process_cpu_s(pid), self_cpu_s()
+            result = run_query(config)
         if not result.complete:
             raise SystemExit(f"attacker run {repeat} on {pool_name} did not complete")
         requests_sent = max(result.stats.requests, 1)
@@ -116,12 +129,50 @@ def measure(
         "attacker_images_per_s": statistics.median(attacker),
         "service_images_per_s": statistics.median(capacity),
         "cpu_us_per_request": {k: statistics.median(v) for k, v in cpu.items()},
+        **({"fill_s": fill_s} if kept else {}),
         "samples": {
             "service_images_per_s": capacity,
             "attacker_images_per_s": attacker,
             "ratios": ratios,
         },
     }
+
+
+def pool_spec(name: str) -> tuple[str, bool]:
+    """`natural@kept` -> ("natural", True): the dataset, and whether its images are made and
+    kept on disk before the timed run."""
+    dataset, _, variant = name.partition("@")
+    if variant not in ("", "kept") or (variant and dataset != "natural"):
+        raise ValueError(f"pool {name!r}: only natural@kept has a variant")
+    return dataset, variant == "kept"
+
+
+@contextlib.contextmanager
+def own_pool_store(tmp: Path, dataset: str) -> Iterator[None]:
+    """A `natural` run's images kept under a new folder of its own, where no earlier run (of
+    another layout or protocol, same seed) left any; an archive's pool keeps the user's cache
+    folder, where the archive is unpacked."""
+    if dataset != "natural":
+        yield
+        return
+    before = os.environ.get("TESTBED_CACHE_DIR")
+    os.environ["TESTBED_CACHE_DIR"] = tempfile.mkdtemp(prefix="pools-", dir=tmp)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TESTBED_CACHE_DIR"]
+        else:
+            os.environ["TESTBED_CACHE_DIR"] = before
+
+
+def fill_pool(config: QueryConfig) -> float:
+    """Make and keep every image of the run's pool; the seconds it took."""
+    start = time.perf_counter()
+    pool = load_pool_of(config)
+    for index in range(len(pool)):
+        pool.image(index)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--repeats must be at least 1 and --duration above 0")
     pools = [p for p in args.pools.split(",") if p]
     for name in pools:  # before the victim is trained and the service started
-        check_dataset(name)
+        try:
+            check_dataset(pool_spec(name)[0])
+        except ValueError as exc:
+            parser.error(str(exc))
     protocols = [p for p in args.protocols.split(",") if p]
     if not pools or not set(protocols) <= {"v1", "v2"} or not protocols:
         parser.error("--pools: one dataset or more; --protocols: v1, v2 or both")

@@ -10,7 +10,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DataSettings(BaseSettings):
-    """`TESTBED_DATA_DIR`, `TESTBED_CACHE_DIR`, `TESTBED_DOWNLOAD`,
+    """`TESTBED_DATA_DIR`, `TESTBED_CACHE_DIR`, `TESTBED_DOWNLOAD`, `TESTBED_KEEP_POOLS`,
     `TESTBED_EXPERIMENTS_CACHE_DIR` from the environment."""
 
     model_config = SettingsConfigDict(env_prefix="TESTBED_")
@@ -18,6 +18,9 @@ class DataSettings(BaseSettings):
     data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
     cache_dir: Path = Path.home() / ".cache" / "extraction-testbed"
     download: bool = False
+    keep_pools: bool = True
+    """Keep the `natural` pools' images on disk once made (`cache_dir/pools`), so that the next
+    query, resume, export or training of the same seeded pool reads them back."""
     experiments_cache_dir: Path = Path("runs/cache")
     """Victims, transfer sets and knockoffs of the experiments, by config hash (relative paths
     are under the working folder); point several checkouts at one folder to share them."""

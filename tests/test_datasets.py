@@ -46,7 +46,7 @@ def test_natural_images_are_made_once_while_they_stay_in_a_bounded_cache():
     assert pool.cache is NATURAL_CACHE
     made = []
     cache = ImageCache(max_bytes=10 * 32 * 32 * 3)  # ten images
-    cached = replace(pool, cache=cache)
+    cached = replace(pool, cache=cache, slots=None)  # made here, not read from disk
     original = cached._make
     cached._make = lambda index: made.append(index) or original(index)
     uncached = replace(pool, cache=None)

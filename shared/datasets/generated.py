@@ -16,7 +16,9 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from shared.datasets.base import ArrayDataset, ImageDataset
 from shared.datasets.registry import register
+from shared.datasets.slots import SlotFile, arrays_digest, slot_key
 from shared.imaging import resize, to_rgb
+from shared.paths import data_settings
 
 
 @register("digits")
@@ -139,12 +141,25 @@ class NaturalPool(ImageDataset):
     cache: ImageCache | None = field(default=None, repr=False, compare=False)
     """Keyed by (seed, side, photograph, index): only pools of the same photographs may share
     one (`natural()` gives its pools, all of the bundled photographs, `NATURAL_CACHE`)."""
+    slots: SlotFile | None = field(default=None, repr=False, compare=False)
+    """The images made by earlier processes, on disk (`natural_slots`), each under the key of
+    its (seed, side, photograph); like `cache`, shared only by pools of the same photographs."""
 
     def _load(self, index: int) -> np.ndarray:
         if self.cache is None:
-            return self._make(index)
+            return self._kept(index)
         key = (self.seed, self.side, int(self.targets[index]), index)
-        return self.cache.get(key, lambda: self._make(index))
+        return self.cache.get(key, lambda: self._kept(index))
+
+    def _kept(self, index: int) -> np.ndarray:
+        if self.slots is None:
+            return self._make(index)
+        key = slot_key(self.seed, self.side, int(self.targets[index]))
+        image = self.slots.get(index, key)
+        if image is None:
+            image = self._make(index)
+            self.slots.put(index, key, image)
+        return image
 
     def _make(self, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, index])
@@ -203,15 +218,40 @@ def natural(
     split_seed = seed * 2 + (0 if split == "train" else 1)
     rng = np.random.default_rng([split_seed, 2**31])
     targets = rng.integers(0, len(photos), size=n).astype(np.int64)
+    side = image_size or 64
     return NaturalPool(
         name="natural",
         classes=list(photos),
         targets=targets,
         seed=split_seed,
-        side=image_size or 64,
+        side=side,
         photos=list(photos.values()),
         cache=NATURAL_CACHE,
+        slots=natural_slots(split_seed, side) if data_settings().keep_pools else None,
     )
+
+
+SYNTHESIS_REVISION = 1
+"""Names the `natural` pools' files on disk: a change to `NaturalPool._make` that gives other
+pixels bumps it, and the files of the older code are left unused (Pillow's version is named too:
+another Pillow may resize otherwise)."""
+
+
+def natural_slots(seed: int, side: int) -> SlotFile:
+    """The file that keeps the `natural` pool of `seed` at `side` px: one per seed and side,
+    whatever the pool's size, since image `i` depends on (seed, i) and its photograph alone."""
+    import PIL
+
+    name = (
+        f"natural-{_photos_digest()}-s{seed}-{side}px-pillow{PIL.__version__}"
+        f"-r{SYNTHESIS_REVISION}.slots"
+    )
+    return SlotFile(data_settings().cache_dir / "pools" / name, (side, side, 3))
+
+
+@functools.cache
+def _photos_digest() -> str:
+    return arrays_digest(list(bundled_photos().values()))
 
 
 @dataclass
