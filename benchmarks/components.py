@@ -7,7 +7,8 @@ CPU time (not wall time) of the steps the HTTP figures are made of: reading a mu
 noise and photographs, each as `encode_png` and as Pillow's encoder wrote them), reading a v2
 binary tensor, encoding the JSON answer (standard library vs orjson), and the model's batched
 forward pass; on the attacker's side, encoding 32 PNGs (`encode_png` against Pillow's encoder,
-which it replaced), making 32 `natural` pool images, and storing 32 answered rows in a transfer
+which it replaced), making 32 `natural` pool images and reading 32 back from the disk where the
+pool keeps them, and storing 32 answered rows in a transfer
 set (through the table, against the ORM's bulk insert); and the two PNG encoders' file sizes.
 CPU time moves less than throughput on a loaded machine, which makes these the figures to
 compare changes with when the machine is shared; they still grow under heavy contention.
@@ -19,9 +20,11 @@ import asyncio
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import orjson
 import typer
 from starlette.requests import Request
@@ -30,7 +33,8 @@ from attacker.client import multipart_body
 from benchmarks.common import machine, sample_images, sample_payloads, throwaway_victim, write_json
 from benchmarks.loadgen import v2_requests
 from shared.cli import friendly
-from shared.datasets import load_dataset
+from shared.datasets import NaturalPool, load_dataset
+from shared.datasets.slots import SlotFile
 from shared.imaging import decode_with_pillow, encode_png, encode_png_pillow
 from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
 from victim_service.app import decode_all, load_blackbox
@@ -111,6 +115,16 @@ def _png_sizes() -> dict[str, float]:
     return sizes
 
 
+def _kept_reads(natural: NaturalPool, repeats: int) -> float:
+    """Reading 32 `natural` images back from their slots on disk (the pool kept once made)."""
+    with tempfile.TemporaryDirectory() as folder:
+        slots = SlotFile(Path(folder) / "natural.slots", (natural.side, natural.side, 3))
+        kept = replace(natural, cache=None, slots=slots)
+        made = [kept.image(i) for i in range(32)]  # the first reads miss, make and keep
+        assert all(np.array_equal(kept.image(i), made[i]) for i in range(32))
+        return cpu_us(lambda: [kept.image(i) for i in range(32)], repeats)
+
+
 def main(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
     repeats: Annotated[int, typer.Option(min=1)] = 200,
@@ -166,6 +180,7 @@ def main(
             "natural_pool_synthesis": cpu_us(
                 lambda: [natural._make(i) for i in range(32)], max(repeats // 10, 5)
             ),
+            "natural_pool_read_kept": _kept_reads(natural, repeats),
             **_transfer_set_writes(repeats),
         },
         "png_bytes_per_photograph": _png_sizes(),

@@ -132,7 +132,8 @@ class NaturalPool(ImageDataset):
 
     Image `i` depends only on (seed, i), so any index can be regenerated later. The label of an
     image is the photograph it was cut from: the pool's own (attacker-known) classes. Images are
-    read-only; with a `cache` they are made once per process while they stay in it.
+    read-only; with a `cache` they are made once per process while they stay in it, and with
+    `slots` once on this machine.
     """
 
     seed: int = 0

@@ -1,11 +1,13 @@
-"""Medians and ranges of the component runs in this folder: python summary.py > summary.md"""
+"""Medians and ranges of the component runs in this folder (or the one named):
+python summary.py [FOLDER] > FOLDER/summary.md"""
 
 import glob
 import json
 import statistics
+import sys
 from pathlib import Path
 
-here = Path(__file__).parent
+here = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 runs = [json.loads(Path(f).read_text()) for f in sorted(glob.glob(str(here / "2026-*.json")))]
 print(f"# `python -m benchmarks.components`, {len(runs)} runs one after another\n")
 print("| section | step | median | range |\n|---|---|---|---|")
