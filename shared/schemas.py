@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import numpy as np
@@ -147,6 +148,19 @@ def _probability(value: Any, what: str) -> float:
     return p
 
 
+def _rounding_slack(shown: list[float]) -> float:
+    """How far above 1 the sum of a top-k may lie when its probabilities were rounded.
+
+    Rounded to d decimals, each shown value is at most half a unit of the d-th decimal above the
+    true one, so k of them may sum to 1 + k/2 * 10^-d: a service rounding to 2 decimals answers
+    0.49, 0.49 and 0.03 for 0.486, 0.486 and 0.028, which the parser refused as summing to more
+    than 1. d is read off the values as shown (the most decimals among them): a value rounded to
+    d decimals never shows more, and an unrounded one shows 16 or 17, where the floor of 1e-4
+    (float noise) is left."""
+    decimals = max(-min(Decimal(repr(p)).as_tuple().exponent, 0) for p in shown)
+    return max(1e-4, len(shown) * 0.5 * 10.0**-decimals)
+
+
 def parse_answer(row: Any, num_outputs: int | None) -> Answer:
     """The one parser of a prediction row as the API returned it (a `Prediction` as JSON).
 
@@ -188,7 +202,7 @@ def parse_answer(row: Any, num_outputs: int | None) -> Answer:
             )
         if len({i for i, _ in entries}) != len(entries):
             raise AnswerError("malformed answer: top_k repeats an index")
-        if sum(p for _, p in entries) > 1 + 1e-4:
+        if sum(p for _, p in entries) > 1 + _rounding_slack([p for _, p in entries]):
             raise AnswerError("malformed answer: top_k probabilities sum to more than 1")
         n = num_outputs if num_outputs is not None else max(i for i, _ in entries) + 1
         derived = max(entries, key=lambda e: e[1])[0]

@@ -96,6 +96,29 @@ def _batch(logits: np.ndarray, label_only: np.ndarray) -> AnswerBatch:
     )  # fmt: skip
 
 
+def test_a_rounded_top_k_that_sums_past_1_by_its_rounding_is_an_answer():
+    """Hypothesis found it in a clean clone's CI run: a service rounding to 2 decimals answers
+    0.49, 0.49, 0.03 for 0.486, 0.486, 0.028 (sum 1.01), and the parser refused its own
+    service's answer. Rounded to d decimals, k values may sum to 1 + k/2 * 10^-d; beyond that,
+    or unrounded, a sum past 1 is still refused."""
+    logits = np.log(np.array([[0.028, 0.486, 0.486]]))
+    batch = _batch(logits.astype(np.float32), np.zeros(1, dtype=bool))
+    (answer,) = Granularity("topk", top_k=3, decimals=2).format(batch)
+    assert [p for _, p in answer.top_k] == [0.49, 0.49, 0.03]
+    assert parse_answer(answer.to_wire(), 3) == answer
+
+    def top_k(*probabilities: float) -> dict:
+        return {"top_k": [{"index": i, "probability": p} for i, p in enumerate(probabilities)]}
+
+    assert parse_answer(top_k(0.4, 0.4, 0.3), 3).label == 0  # 1 decimal: up to 1.15
+    assert parse_answer(top_k(0.9, 0.1, 0.1), 3).label == 0  # 0.86, 0.07, 0.07 at 1 decimal
+    assert parse_answer(top_k(0.49, 0.49, 0.03), 3).label == 0
+    for refused in (top_k(0.6, 0.6), top_k(0.5, 0.5, 0.2), top_k(0.495, 0.495, 0.0301),
+                    top_k(0.6000000238418579, 0.5)):  # fmt: skip
+        with pytest.raises(AnswerError, match="sum to more than 1"):
+            parse_answer(refused, 3)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(1, 12).flatmap(

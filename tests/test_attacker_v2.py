@@ -86,11 +86,13 @@ def test_v2_run_stores_what_a_v1_run_stores(victim, tmp_path, binary):
     assert next((tmp_path / "export").rglob("*.png")).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("output", ["topk", "label"])
-def test_v2_run_converts_topk_and_labels_to_the_v1_answers(victim, tmp_path, output):
-    with _serve(victim, output=output, top_k=3) as url:
-        _query(url, tmp_path / "v1.sqlite")
-        _query(url, tmp_path / "v2.sqlite", protocol="v2")
+@pytest.mark.parametrize(("output", "decimals"), [("topk", None), ("topk", 1), ("label", None)])
+def test_v2_run_converts_topk_and_labels_to_the_v1_answers(victim, tmp_path, output, decimals):
+    """Rounded top-k values travel as the classification extension's text ("0.1:3"): read
+    back, they are the /v1 JSON's values."""
+    with _serve(victim, output=output, top_k=3, round_decimals=decimals) as url:
+        assert _query(url, tmp_path / "v1.sqlite").complete
+        assert _query(url, tmp_path / "v2.sqlite", protocol="v2").complete
     a1, a2 = _answers(tmp_path / "v1.sqlite"), _answers(tmp_path / "v2.sqlite")
     for position, answer in a1.items():
         if output == "label":
