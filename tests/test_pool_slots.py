@@ -145,3 +145,35 @@ def test_a_slot_refuses_an_image_of_another_shape(tmp_path):
         slots.put(0, slot_key(0), np.zeros((5, 4, 3), np.uint8))
     slots.put(1, slot_key(7), np.full((4, 4, 3), 9, np.uint8))
     assert slots.get(0, slot_key(0)) is None and int(slots.get(1, slot_key(7))[0, 0, 0]) == 9
+
+
+def test_a_failed_write_turns_the_store_off_once_and_keeps_its_descriptor(
+    tmp_path, monkeypatch, capfd
+):
+    """Threads that fail their writes at once say so once, and the file stays open until
+    `close`: closed under another thread's write, its number could go to a file opened
+    meanwhile (the transfer set's), and that write would land there."""
+    import errno
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.datasets import slots as module
+
+    store = SlotFile(tmp_path / "x.slots", (4, 4, 3))
+    image = np.zeros((4, 4, 3), np.uint8)
+    store.put(0, slot_key(0), image)
+    fd = store._fd
+    assert fd is not None
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(module.os, "pwrite", full)
+    with ThreadPoolExecutor(8) as threads:
+        list(threads.map(lambda i: store.put(i, slot_key(i), image), range(1, 64)))
+    err = capfd.readouterr().err
+    assert err.count("pool images are not kept on disk: cannot write to") == 1, err
+    assert "No space left on device" in err
+    os.fstat(fd)  # still open: no other file can have taken its number
+    assert store.get(0, slot_key(0)) is None  # off: neither read nor written
+    store.close()
+    assert store._fd is None

@@ -39,7 +39,7 @@ class SlotFile:
         self.image_bytes = int(np.prod(shape))
         self._fd: int | None = None
         self._off = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # `_open` turns the store off under it
 
     @property
     def slot_bytes(self) -> int:
@@ -77,25 +77,26 @@ class SlotFile:
             self._turn_off(f"cannot write to {self.path} ({exc.strerror or exc})")
 
     def _open(self) -> int | None:
-        if self._fd is not None or self._off:
-            return self._fd
-        with self._lock:
-            if self._fd is None and not self._off:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                except OSError as exc:
-                    self._turn_off(f"cannot open {self.path} ({exc.strerror or exc})")
-        return self._fd
+        if self._fd is None and not self._off:
+            with self._lock:
+                if self._fd is None and not self._off:
+                    try:
+                        self.path.parent.mkdir(parents=True, exist_ok=True)
+                        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                    except OSError as exc:
+                        self._turn_off(f"cannot open {self.path} ({exc.strerror or exc})")
+        return None if self._off else self._fd
 
     def _turn_off(self, why: str) -> None:
-        if not self._off:
+        """Stop using the file, saying so once. It stays open until `close`: closing it while
+        another thread reads or writes could give its number to a file opened meanwhile (the
+        transfer set's), which that thread's write would then land in."""
+        with self._lock:
+            if self._off:
+                return
             self._off = True
-            print(f"pool images are not kept on disk: {why}; they are made as needed",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        print(f"pool images are not kept on disk: {why}; they are made as needed",
+              file=sys.stderr, flush=True)  # fmt: skip
 
     def close(self) -> None:
         if self._fd is not None:
