@@ -24,7 +24,6 @@ the filter artefact is self-contained and loads with `torch.load(weights_only=Tr
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ from shared.checkpoint import load_checkpoint
 from shared.device import autocast
 from shared.errors import TestbedError
 from shared.models import IMAGENET_MEAN, IMAGENET_STD, Classifier, create_model
-from shared.paths import data_settings
 from shared.tracing import traced_features
 from shared.training import LossFn, TrainConfig, fit, to_tensor
 
@@ -282,18 +280,7 @@ def cached_features(
     and the backbone's fingerprint name what it holds, so neither other images under the same
     label nor a retrained backbone ever reuses stale features.
     """
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    path = (
-        data_settings().cache_dir
-        / "features"
-        / f"{safe}-{cache.content_digest(images)}-{backbone.fingerprint}-{backbone.input_size}"
-        f"-r{cache.REVISION}.npy"
-    )
-    if path.exists():
-        return np.load(path)
-    feats = embed_arrays(backbone, images, batch_size, progress=progress, description=key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(path)
-    return feats
+    return cache.cached_array(
+        "features", key, images, f"{backbone.fingerprint}-{backbone.input_size}",
+        lambda: embed_arrays(backbone, images, batch_size, progress=progress, description=key),
+    )  # fmt: skip

@@ -12,7 +12,6 @@ Serving: `defense/defenses/ood_filter.py` (the registered `ood` defense).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ from shared.checkpoint import check_writable
 from shared.datasets import ImageDataset, check_dataset, load_dataset
 from shared.errors import TestbedError
 from shared.imaging import resize
-from shared.paths import data_settings
 from shared.safeload import load_weights_only, seal, unseal
 from shared.transforms import dataset_jpeg_quality, random_encodings
 
@@ -214,17 +212,10 @@ def encoded(
     (they take a minute at 50k)."""
     if match_in > 0:
         key += f"-m{match_in:g}q{in_quality}"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    name = f"{safe}-{cache.content_digest(images)}-{size}-s{seed}-r{cache.REVISION}.npy"
-    path = data_settings().cache_dir / "encodings" / name
-    if path.exists():
-        return np.load(path)
-    out = random_encodings(images, size, seed, progress, match_in, in_quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(path)
-    return out
+    return cache.cached_array(
+        "encodings", key, images, f"{size}-s{seed}",
+        lambda: random_encodings(images, size, seed, progress, match_in, in_quality),
+    )  # fmt: skip
 
 
 def train_ood(

@@ -9,13 +9,14 @@ The PNGs clients send take libpng's faster path (torchvision); Pillow reads ever
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.machinery
 import importlib.util
 import io
 import struct
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -347,3 +348,13 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     elif a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     return np.ascontiguousarray(a)
+
+
+def arrays_digest(arrays: Sequence[np.ndarray]) -> str:
+    """A short SHA-256 digest of arrays' shapes, types and bytes: what names a cache of what was
+    made from them (SHA-256 reads 1.5 GB/s here: 0.1 s for 50,000 CIFAR-size images)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.shape}{array.dtype.str}".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]

@@ -16,8 +16,8 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from shared.datasets.base import ArrayDataset, ImageDataset
 from shared.datasets.registry import register
-from shared.datasets.slots import SlotFile, arrays_digest, slot_key
-from shared.imaging import resize, to_rgb
+from shared.datasets.slots import SlotFile, slot_key
+from shared.imaging import arrays_digest, resize, to_rgb
 from shared.paths import data_settings
 
 

@@ -110,12 +110,3 @@ class SlotFile:
 def slot_key(*parts: object) -> bytes:
     """The 8-byte key of an image made from `parts` (a pool's seed, size, photograph)."""
     return hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-
-
-def arrays_digest(arrays: list[np.ndarray]) -> str:
-    """A short digest of several arrays' shapes and bytes (which photographs a pool cuts)."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(f"{array.shape}{array.dtype.str}".encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()[:16]
