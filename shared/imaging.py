@@ -3,7 +3,8 @@
 Images travel as uint8 arrays of shape (H, W, 3) inside the project and as PNG or JPEG bytes
 over HTTP. Decoding is strict: anything that is not a complete image raises `ImageError` with a
 reason, and images larger than a pixel budget are refused from their header, before decoding.
-The PNGs clients send take libpng's faster path (torchvision); Pillow reads everything else.
+The PNGs clients send take a faster path (their rows unfiltered with numpy, or torchvision's
+libpng); Pillow reads everything else.
 """
 
 from __future__ import annotations
@@ -151,13 +152,17 @@ def _libpng_decoder() -> Callable[[bytes], np.ndarray] | None:
 
 
 def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """The PNGs clients send (8-bit RGB, not interlaced, no chunk but IHDR, IDAT and IEND)
-    decoded by torchvision's libpng, in 0.63 of Pillow's time for a 32-px image (its data
-    checked first); None for any other payload, or one that is damaged or that libpng would
-    complain of: Pillow then decodes it or refuses it with the reason, quietly (libpng prints
-    on stderr, and strangers' files must not write the service's logs).
+    """The PNGs clients send (8-bit RGB, not interlaced, no chunk but IHDR, IDAT and IEND),
+    their data checked first; None for any other payload, or one that is damaged or that libpng
+    would complain of: Pillow then decodes it or refuses it with the reason, quietly (libpng
+    prints on stderr, and strangers' files must not write the service's logs).
 
-    Those PNGs decode to the same pixels either way; tests/test_imaging.py compares the two."""
+    Rows filtered by None, Sub or Up (every row of `encode_png`'s files) are unfiltered here
+    from the data the check inflated, where libpng inflated it again: 0.68 of the CPU for a
+    32-px file (results/bench/components-runs/2026-12-08-decode-ab/). A file with an Average or
+    Paeth row (Pillow's adaptive filters pick them) goes to torchvision's libpng, in 0.63 of
+    Pillow's time. The pixels are the same either way; tests/test_imaging.py compares them with
+    Pillow's."""
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
@@ -166,8 +171,13 @@ def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
     if not (0 < width <= _LIBPNG_MAX_SIDE and 0 < height <= _LIBPNG_MAX_SIDE):
         return None  # libpng warns about these on stderr
     stream = _plain_stream(data)
-    if stream is None or not _whole_rows(stream, height, 1 + 3 * width):
+    if stream is None:
         return None
+    whole, inflated = _inflated_rows(stream, height, 1 + 3 * width)
+    if not whole:
+        return None
+    if inflated is not None:
+        return unfilter_rows(np.frombuffer(inflated, dtype=np.uint8).reshape(height, -1))
     decode_png = _libpng_decoder()
     if decode_png is None:
         return None
@@ -178,6 +188,34 @@ def _decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
     if pixels.shape != (3, height, width):
         return None
     return np.ascontiguousarray(pixels.transpose(1, 2, 0))
+
+
+def unfilter_rows(rows: np.ndarray) -> np.ndarray | None:
+    """An 8-bit RGB PNG's inflated rows, (H, 1 + 3W) each led by its filter type, as (H, W, 3)
+    pixels where every row is filtered by None (0), Sub (1) or Up (2); None where any row is
+    filtered otherwise. PNG's arithmetic is modulo 256, as uint8 sums wrap.
+
+    Sub rows are running sums along the row, per channel; a row after Up rows is the sum of
+    their differences over the last row that was not Up (or over zeros, above the first row):
+    the running sum down the image, less its value just above that row."""
+    height = rows.shape[0]
+    kinds = rows[:, 0]
+    if kinds.max(initial=0) > 2:
+        return None
+    deltas = rows[:, 1:].reshape(height, -1, 3)
+    up = kinds == 2
+    if up.all():
+        return np.cumsum(deltas, axis=0, dtype=np.uint8)
+    deltas = deltas.copy()
+    sub = kinds == 1
+    if sub.any():
+        deltas[sub] = np.cumsum(deltas[sub], axis=1, dtype=np.uint8)
+    if not up.any():
+        return deltas
+    sums = np.cumsum(deltas, axis=0, dtype=np.uint8)
+    above = np.concatenate((np.zeros_like(sums[:1]), sums[:-1]))
+    starts = np.maximum.accumulate(np.where(up, 0, np.arange(height)))
+    return sums - above[starts]
 
 
 _PLAIN_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
@@ -208,30 +246,41 @@ def _plain_stream(data: bytes) -> bytes | None:
 
 
 _INFLATE_STEP = 1 << 20
-"""Bytes inflated at a time by `_whole_rows`: a large image is checked without holding it."""
+"""Bytes inflated at a time by `_inflated_rows` (and `_check_png_data`)."""
 
 
-def _whole_rows(stream: bytes, rows: int, row_bytes: int) -> bool:
+def _inflated_rows(stream: bytes, rows: int, row_bytes: int) -> tuple[bool, bytes | None]:
     """Whether the compressed data inflates, its checksum included, to exactly `rows` rows of
-    `row_bytes`, each led by a filter type PNG defines (0-4). CRCs protect the chunks, not
-    their content: data forged behind correct CRCs would make libpng print "Not enough image
-    data", "Too much image data" or "bad adaptive filter value" on stderr."""
+    `row_bytes`, each led by a filter type PNG defines (0-4); and, where every row's filter is
+    None, Sub or Up (those `unfilter_rows` takes), the inflated data, else None. CRCs protect
+    the chunks, not their content: data forged behind correct CRCs would make libpng print
+    "Not enough image data", "Too much image data" or "bad adaptive filter value" on stderr.
+    Inflated in pieces, never past the size the header declares."""
     inflater, tail, seen, total = zlib.decompressobj(), stream, 0, rows * row_bytes
+    pieces: list[bytes] | None = []
     try:
         while not inflater.eof:
-            piece = inflater.decompress(tail, _INFLATE_STEP)
+            before = len(tail)
+            piece = inflater.decompress(tail, min(_INFLATE_STEP, total - seen + 1))
             tail = inflater.unconsumed_tail
-            if not piece and not tail:  # the data stops before the stream's end
-                return False
+            if not piece and (not tail or len(tail) == before):  # the data stops short
+                return False, None
+            if seen + len(piece) > total:
+                return False, None
             filters = piece[(-seen) % row_bytes :: row_bytes]  # bytes: numpy's max cost 4x more
-            if filters and max(filters) > 4:
-                return False
+            top = max(filters) if filters else 0
+            if top > 4:
+                return False, None
+            if top > 2:  # an Average or Paeth row: libpng decodes the file
+                pieces = None
+            elif pieces is not None:
+                pieces.append(piece)
             seen += len(piece)
-            if seen > total:
-                return False
     except zlib.error:
-        return False
-    return seen == total and not inflater.unused_data
+        return False, None
+    if seen != total or inflater.unused_data:
+        return False, None
+    return True, None if pieces is None else b"".join(pieces)
 
 
 def decode_image(data: bytes, max_pixels: int = 16_000_000) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""The libpng fast path decodes the PNGs clients send to exactly Pillow's pixels, and leaves
-everything else (other layouts, damaged files, oversized images) to Pillow's checks."""
+"""The fast path (numpy for rows filtered by None, Sub or Up, libpng for the rest) decodes the
+PNGs clients send to exactly Pillow's pixels, and leaves everything else (other layouts, damaged
+files, oversized images) to Pillow's checks."""
 
 from __future__ import annotations
 
@@ -89,6 +90,93 @@ def test_the_png_encoder_is_lossless_for_pillow_and_libpng(image):
     if image.shape[2] == 3:
         assert np.array_equal(_decode_plain_png(data, 10**6), image)
         assert np.array_equal(decode_image(data), image)
+
+
+def filtered_png(image: np.ndarray, kinds: list[int]) -> bytes:
+    """An 8-bit RGB PNG of the image whose row y is filtered by PNG filter type kinds[y]
+    (None, Sub, Up, Average, Paeth), written from the specification's predictors over the raw
+    neighbours: a (left, 3 bytes back), b (above), c (above and left)."""
+    height, width, _ = image.shape
+    raw = image.reshape(height, width * 3).astype(np.int16)
+    lines = []
+    for y, kind in enumerate(kinds):
+        x = raw[y]
+        b = raw[y - 1] if y else np.zeros_like(x)
+        a = np.concatenate((np.zeros(3, np.int16), x[:-3]))
+        c = np.concatenate((np.zeros(3, np.int16), b[:-3]))
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        predicted = [np.zeros_like(x), a, b, (a + b) // 2, paeth][kind]
+        lines.append(bytes([kind]) + ((x - predicted) % 256).astype(np.uint8).tobytes())
+    stream = zlib.compress(b"".join(lines))
+    return png_header(width, height) + png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_rows_of_every_filter_type_decode_to_the_image_and_to_pillows_pixels(data):
+    """Any sequence of row filters: None, Sub and Up rows are unfiltered by numpy (a Sub row
+    then Up rows sum over the Sub row's pixels, not its differences); a file with an Average or
+    Paeth row goes to libpng; both give the image, as Pillow does."""
+    height, width = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    image = data.draw(arrays(np.uint8, (height, width, 3)))
+    kinds = data.draw(st.lists(st.integers(0, 4), min_size=height, max_size=height))
+    png = filtered_png(image, kinds)
+    with Image.open(io.BytesIO(png)) as opened:
+        assert np.array_equal(np.asarray(opened), image)  # the forged file is a true PNG
+    fast = _decode_plain_png(png, 10**6)
+    assert fast is not None and fast.flags.c_contiguous and fast.dtype == np.uint8
+    assert np.array_equal(fast, image)
+    assert np.array_equal(decode_with_pillow(png), image)
+
+
+def test_none_sub_and_up_rows_never_reach_libpng_and_average_or_paeth_rows_do(rgb, monkeypatch):
+    """The numpy path is the one taken for the attacker's files (every row Up), and for any
+    file of None, Sub and Up rows; one Average or Paeth row sends the file to libpng."""
+    calls = []
+    libpng = imaging._libpng_decoder()
+    assert libpng is not None
+
+    def counted(data: bytes) -> np.ndarray:
+        calls.append(len(data))
+        return libpng(data)
+
+    monkeypatch.setattr(imaging, "_libpng_decoder", lambda: counted)
+    height = rgb.shape[0]
+    for kinds in ([2] * height, [0, 1, 2] * (height // 3), [1] * height, [0] * height):
+        assert np.array_equal(_decode_plain_png(filtered_png(rgb, kinds), 10**6), rgb)
+    assert np.array_equal(_decode_plain_png(encode_png(rgb), 10**6), rgb)
+    assert calls == []
+    for kind in (3, 4):
+        kinds = [2] * height
+        kinds[5] = kind
+        assert np.array_equal(_decode_plain_png(filtered_png(rgb, kinds), 10**6), rgb)
+    assert len(calls) == 2
+
+
+def test_unfilter_rows_by_hand():
+    """Two pixels a row. Row 0 Up (over zeros): itself. Row 1 Sub: 1, 2, 3 then 1+4, 2+5,
+    3+6. Row 2 Up over row 1's pixels. Row 3 None. Row 4 Up: 250 + 10 wraps to 4."""
+    rows = np.array(
+        [
+            [2, 9, 8, 7, 6, 5, 4],
+            [1, 1, 2, 3, 4, 5, 6],
+            [2, 1, 1, 1, 1, 1, 1],
+            [0, 250, 0, 0, 0, 0, 255],
+            [2, 10, 0, 0, 0, 0, 1],
+        ],
+        np.uint8,
+    )
+    expected = [
+        [[9, 8, 7], [6, 5, 4]],
+        [[1, 2, 3], [5, 7, 9]],
+        [[2, 3, 4], [6, 8, 10]],
+        [[250, 0, 0], [0, 0, 255]],
+        [[4, 0, 0], [0, 0, 0]],
+    ]
+    assert np.array_equal(imaging.unfilter_rows(rows), np.array(expected, np.uint8))
+    assert imaging.unfilter_rows(np.array([[3, 1, 2, 3]], np.uint8)) is None
 
 
 def test_the_png_encoder_takes_grey_arrays_and_refuses_what_png_cannot_hold(rgb):

@@ -1,0 +1,93 @@
+"""`decode_image` of two revisions side by side, alternated in one process: the files a client
+sends (`encode_png`: every row Up), Pillow's (adaptive filters, Paeth among them) and larger
+ones. Usage, from the project root:
+
+    .venv/bin/python results/bench/components-runs/2026-12-08-decode-ab/ab.py 9ce616e \
+        --json results/bench/components-runs/2026-12-08-decode-ab/ab.json
+
+`base` is shared/imaging.py at the given revision, `new` the working tree's. Medians of the
+rounds' microseconds of CPU per image (process time)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+from shared import imaging as new  # noqa: E402
+from shared.datasets import load_dataset  # noqa: E402
+
+
+def module_at(revision: str):
+    source = subprocess.run(
+        ["git", "show", f"{revision}:shared/imaging.py"], cwd=ROOT, check=True,
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "imaging_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("imaging_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pillow_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def cpu_us_per_image(decode, payloads: list[bytes], number: int) -> float:
+    start = time.process_time()
+    for _ in range(number):
+        for data in payloads:
+            decode(data)
+    return (time.process_time() - start) / number / len(payloads) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("revision")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    base = module_at(args.revision)
+    photos = [load_dataset("natural", size=32, image_size=32).image(i) for i in range(32)]
+    large = [np.asarray(Image.fromarray(p).resize((224, 224))) for p in photos[:4]]
+    cases = {
+        "encode_png_32px": ([new.encode_png(p) for p in photos], 60),
+        "pillow_32px": ([pillow_png(p) for p in photos], 60),
+        "encode_png_224px": ([new.encode_png(p) for p in large], 20),
+    }
+    results = {}
+    for name, (payloads, number) in cases.items():
+        for data in payloads:  # both read the same pixels
+            assert np.array_equal(base.decode_image(data), new.decode_image(data))
+        rounds: dict[str, list[float]] = {"base": [], "new": []}
+        for _ in range(args.rounds):
+            for side, module in (("base", base), ("new", new)):
+                rounds[side].append(cpu_us_per_image(module.decode_image, payloads, number))
+        b, n = statistics.median(rounds["base"]), statistics.median(rounds["new"])
+        results[name] = {"base_us": b, "new_us": n, "new_over_base": n / b, "rounds": rounds}
+        print(f"{name:18s} base {b:7.1f} us  new {n:7.1f} us  new/base {n / b:.2f}")
+    out = {"base_revision": args.revision, "results": results, **machine()}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
