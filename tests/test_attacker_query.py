@@ -183,8 +183,14 @@ def test_ctrl_c_mid_run_says_what_is_stored_and_the_same_command_resumes(service
     are stored and that the same command resumes, and the rerun completes the budget."""
     budget, db = 2000, tmp_path / "interrupted.sqlite"
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    process = subprocess.Popen(_attacker_cmd(service, db, budget), cwd=ROOT, env=env,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # Ctrl+C reaches a terminal's foreground job; a shell's background job (`make test &`)
+    # starts with SIGINT ignored, and its children inherit that: start this one as in a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(_attacker_cmd(service, db, budget), cwd=ROOT, env=env,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
     stored = sigkill_after(process, db, 32, 90, sig=signal.SIGINT)
     stderr = process.stderr.read()
     assert process.returncode == 130 and 0 < stored < budget, stderr
