@@ -8,7 +8,8 @@ noise and photographs, each as `encode_png` and as Pillow's encoder wrote them),
 binary tensor, encoding the JSON answer (standard library vs orjson), and the model's batched
 forward pass; on the attacker's side, encoding 32 PNGs (`encode_png` against Pillow's encoder,
 which it replaced), making 32 `natural` pool images and reading 32 back from the disk where the
-pool keeps them, and storing 32 answered rows in a transfer
+pool keeps them, making 32 `noise` images (`noise_pixels` against the `integers` call it
+replaced), and storing 32 answered rows in a transfer
 set (through the table, against the ORM's bulk insert); and the two PNG encoders' file sizes.
 CPU time moves less than throughput on a loaded machine, which makes these the figures to
 compare changes with when the machine is shared; they still grow under heavy contention.
@@ -115,6 +116,12 @@ def _png_sizes() -> dict[str, float]:
     return sizes
 
 
+def _noise_integers(index: int) -> np.ndarray:
+    """A `noise` pool image as the pool made it before `noise_pixels`: the same bytes."""
+    rng = np.random.default_rng([0, index, 7])
+    return rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+
+
 def _kept_reads(natural: NaturalPool, repeats: int) -> float:
     """Reading 32 `natural` images back from their slots on disk (the pool kept once made)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -134,6 +141,7 @@ def main(
     _, v2_body, v2_headers = v2_requests(sample_images(64), 32)(0)
     answer = {"output": "probs", "predictions": [{"probabilities": [0.1] * 10}] * 32}
     natural = load_dataset("natural", size=32, image_size=32)
+    noise = load_dataset("noise", size=32, image_size=32)
     photos = [natural.image(i) for i in range(32)]  # the attacker's PNGs are of photographs
     # the same pixels from Pillow's encoder, which the clients used before `encode_png`
     pillow_payloads = [encode_png_pillow(im) for im in sample_images(32)]
@@ -181,6 +189,8 @@ def main(
                 lambda: [natural._make(i) for i in range(32)], max(repeats // 10, 5)
             ),
             "natural_pool_read_kept": _kept_reads(natural, repeats),
+            "noise_pool": cpu_us(lambda: [noise._load(i) for i in range(32)], repeats),
+            "noise_pool_integers": cpu_us(lambda: [_noise_integers(i) for i in range(32)], repeats),
             **_transfer_set_writes(repeats),
         },
         "png_bytes_per_photograph": _png_sizes(),

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.datasets import bundled_photos, dataset_names, load_dataset
-from shared.datasets.generated import NATURAL_CACHE, ImageCache
+from shared.datasets.generated import NATURAL_CACHE, ImageCache, noise_pixels
 from shared.errors import MissingDataError, TestbedError, UnknownNameError
 
 
@@ -117,6 +117,26 @@ def test_noise_pool_is_uniform_random_pixels():
     assert pixels.min() == 0 and pixels.max() == 255
     assert abs(pixels.mean() - 127.5) < 3
     assert np.array_equal(pool.image(3), load_dataset("noise", size=20).image(3))
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (1, 1, 3), (5, 7, 3), (224, 224, 3), (13,)])
+@pytest.mark.parametrize("seed", [[0, 0, 7], [3, 12345, 7], [2**40, 1]])
+def test_noise_pixels_are_numpys_uniform_integers_byte_for_byte(shape, seed):
+    """The shortcut through PCG64's raw words changes the speed, not a byte: sizes that are not
+    a whole number of 64-bit words included."""
+    expected = np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+    got = noise_pixels(seed, shape)
+    assert got.dtype == np.uint8 and got.shape == shape
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("seed", "side"), [(0, 32), (5, 9)])
+def test_noise_pool_images_are_the_formula_every_noise_result_was_made_with(seed, side):
+    pool = load_dataset("noise", size=20, image_size=side, seed=seed)
+    for index in (0, 7, 19):
+        rng = np.random.default_rng([pool.seed, index, 7])  # the train split: seed * 2
+        expected = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+        assert np.array_equal(pool.image(index), expected)
 
 
 def _write_tree(root: Path, classes=("cat", "dog"), per_class=3, side=12, seed=0) -> None:
