@@ -14,7 +14,7 @@ requests carry 32 images (the API allows 64), where 8 was the earlier default: p
 costs (HTTP, scheduling) are shared by four times as many images. CPU per request is read from
 getrusage for the attacker (and the load generator) and from /proc for the service.
 
-The headline pool is `noise` (near-free to generate), so the figure measures the querying
+The headline pool is `noise` (25 us of CPU per image), so the figure measures the querying
 machinery itself: HTTP, PNG encoding, hashing, scheduling, SQLite. `by_pool` adds `natural`,
 whose synthesis (random crops of large photographs) costs about 1 ms of CPU per image: where the
 attacker and the service share a few cores, that CPU is taken from the service, and the ratio
