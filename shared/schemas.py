@@ -139,13 +139,25 @@ def _index(value: Any, num_outputs: int | None, what: str) -> int:
     return int(value)
 
 
+_NUMBERS = (int, float, np.number)
+_MAX_PROBABILITY = 1 + 1e-6  # float noise in a sum that should be 1
+
+
 def _probability(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS):
         raise AnswerError(f"malformed answer: {what} {value!r} is not a number")
     p = float(value)
-    if not math.isfinite(p) or p < 0 or p > 1 + 1e-6:
+    if not 0.0 <= p <= _MAX_PROBABILITY:  # NaN fails both comparisons
         raise AnswerError(f"malformed answer: {what} {value!r} is not a probability in [0, 1]")
     return p
+
+
+def _probabilities(values: Sequence[Any]) -> tuple[float, ...]:
+    """The vector as floats; a JSON array of numbers in [0, 1] (every answer of a working API)
+    is taken in one pass, anything else value by value, so the error names the value."""
+    if all(type(p) is float and 0.0 <= p <= _MAX_PROBABILITY for p in values):
+        return tuple(values)
+    return tuple(_probability(p, "probability") for p in values)
 
 
 def _rounding_slack(shown: list[float]) -> float:
@@ -171,11 +183,13 @@ def parse_answer(row: Any, num_outputs: int | None) -> Answer:
     """
     if isinstance(row, Answer):
         return row
-    if not isinstance(row, Mapping):
+    if type(row) is not dict and not isinstance(row, Mapping):  # dict: skip the ABC's check
         raise AnswerError(f"malformed answer: {row!r} is not an object")
     probabilities, top_k, label = row.get("probabilities"), row.get("top_k"), row.get("label")
     if probabilities is not None:
-        if not isinstance(probabilities, Sequence) or isinstance(probabilities, str):
+        if type(probabilities) is not list and (
+            not isinstance(probabilities, Sequence) or isinstance(probabilities, str)
+        ):
             raise AnswerError("malformed answer: probabilities is not a list")
         if num_outputs is not None and len(probabilities) != num_outputs:
             raise AnswerError(
@@ -183,9 +197,9 @@ def parse_answer(row: Any, num_outputs: int | None) -> Answer:
             )
         if not probabilities:
             raise AnswerError("malformed answer: an empty probability vector")
-        probs = tuple(_probability(p, "probability") for p in probabilities)
+        probs = _probabilities(probabilities)
         num_outputs = len(probs)
-        derived = max(range(len(probs)), key=probs.__getitem__)
+        derived = probs.index(max(probs))  # the first of equal maxima, as argmax
         return Answer(num_outputs, _label(label, num_outputs, derived), probabilities=probs)
     if top_k is not None:
         if not isinstance(top_k, Sequence) or isinstance(top_k, str) or not top_k:

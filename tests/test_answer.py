@@ -57,6 +57,10 @@ def test_probabilities_are_renormalized_only_as_a_training_target():
         ({"probabilities": [float("nan")] + [0.1] * 9}, "not a probability"),
         ({"probabilities": [-0.1] + [0.1] * 9}, "not a probability"),
         ({"probabilities": [1.5] + [0.0] * 9}, "not a probability"),
+        ({"probabilities": [float("inf")] + [0.0] * 9}, "not a probability"),
+        ({"probabilities": [True] + [0.0] * 9}, "True is not a number"),
+        ({"probabilities": [0.1] * 9 + ["0.1"]}, "'0.1' is not a number"),
+        ({"probabilities": "0.1"}, "not a list"),
         ({"probabilities": [0.5, 0.5]}, "2 probabilities for 10 outputs"),
         (
             {"top_k": [{"index": 1, "probability": 0.5}, {"index": 1, "probability": 0.4}]},
@@ -76,6 +80,16 @@ def test_malformed_rows_get_one_clear_line(row, message):
     with pytest.raises(AnswerError, match=message) as info:
         parse_answer(row, 10)
     assert "\n" not in str(info.value)
+
+
+def test_probabilities_of_every_number_type_parse_alike():
+    """JSON floats take the one-pass path; ints, numpy scalars and tuples the value-by-value
+    one: the same answer either way, the first of equal maxima as the label."""
+    floats = parse_answer({"probabilities": [0.0, 0.5, 0.0, 0.5]}, 4)
+    assert floats.probabilities == (0.0, 0.5, 0.0, 0.5) and floats.label == 1
+    for values in ([0, 0.5, 0, 0.5], (0.0, 0.5, 0.0, 0.5), [np.float32(v) for v in (0, .5, 0, .5)]):
+        assert parse_answer({"probabilities": values}, 4) == floats
+        assert all(type(p) is float for p in parse_answer({"probabilities": values}, 4).probabilities)
 
 
 def test_answer_label_reads_every_mode():
