@@ -87,9 +87,10 @@ def test_probabilities_of_every_number_type_parse_alike():
     one: the same answer either way, the first of equal maxima as the label."""
     floats = parse_answer({"probabilities": [0.0, 0.5, 0.0, 0.5]}, 4)
     assert floats.probabilities == (0.0, 0.5, 0.0, 0.5) and floats.label == 1
-    for values in ([0, 0.5, 0, 0.5], (0.0, 0.5, 0.0, 0.5), [np.float32(v) for v in (0, .5, 0, .5)]):
-        assert parse_answer({"probabilities": values}, 4) == floats
-        assert all(type(p) is float for p in parse_answer({"probabilities": values}, 4).probabilities)
+    numpy = [np.float32(v) for v in (0, 0.5, 0, 0.5)]
+    for values in ([0, 0.5, 0, 0.5], (0.0, 0.5, 0.0, 0.5), numpy):
+        answer = parse_answer({"probabilities": values}, 4)
+        assert answer == floats and all(type(p) is float for p in answer.probabilities)
 
 
 def test_answer_label_reads_every_mode():
