@@ -9,7 +9,7 @@ binary tensor, encoding the JSON answer (standard library vs orjson), and the mo
 forward pass; on the attacker's side, encoding 32 PNGs (`encode_png` against Pillow's encoder,
 which it replaced), making 32 `natural` pool images and reading 32 back from the disk where the
 pool keeps them, making 32 `noise` images (`noise_pixels` against the `integers` call it
-replaced), and storing 32 answered rows in a transfer
+replaced), parsing 32 answers, and storing 32 answered rows in a transfer
 set (through the table, against the ORM's bulk insert); and the two PNG encoders' file sizes.
 CPU time moves less than throughput on a loaded machine, which makes these the figures to
 compare changes with when the machine is shared; they still grow under heavy contention.
@@ -38,6 +38,7 @@ from shared.datasets import NaturalPool, load_dataset
 from shared.datasets.slots import SlotFile
 from shared.imaging import decode_with_pillow, encode_png, encode_png_pillow
 from shared.inference_protocol import BinaryReader, decode_tensor, parse_request
+from shared.schemas import parse_answer
 from victim_service.app import decode_all, load_blackbox
 from victim_service.multipart import boundary_of, split_images
 from victim_service.settings import VictimSettings
@@ -142,6 +143,10 @@ def main(
     answer = {"output": "probs", "predictions": [{"probabilities": [0.1] * 10}] * 32}
     natural = load_dataset("natural", size=32, image_size=32)
     noise = load_dataset("noise", size=32, image_size=32)
+    # 32 answers as a v1 response's JSON holds them: softmax outputs, full float precision
+    logits = np.random.default_rng(0).normal(size=(32, 10))
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    answers = json.loads(json.dumps([{"probabilities": row} for row in softmax.tolist()]))
     photos = [natural.image(i) for i in range(32)]  # the attacker's PNGs are of photographs
     # the same pixels from Pillow's encoder, which the clients used before `encode_png`
     pillow_payloads = [encode_png_pillow(im) for im in sample_images(32)]
@@ -190,6 +195,7 @@ def main(
             ),
             "natural_pool_read_kept": _kept_reads(natural, repeats),
             "noise_pool": cpu_us(lambda: [noise._load(i) for i in range(32)], repeats),
+            "answers_parse": cpu_us(lambda: [parse_answer(a, 10) for a in answers], repeats),
             "noise_pool_integers": cpu_us(lambda: [_noise_integers(i) for i in range(32)], repeats),
             **_transfer_set_writes(repeats),
         },

@@ -44,7 +44,8 @@ def test_the_components_benchmark_runs_and_measures_every_step(tmp_path):
     assert {*decodes, "multipart_fast_path", "model_forward_and_pipeline"} <= set(service)
     assert set(attacker) == {"png_encode", "png_encode_pillow", "natural_pool_synthesis",
                              "natural_pool_read_kept", "noise_pool", "noise_pool_integers",
-                             "transfer_set_write", "transfer_set_write_orm"}  # fmt: skip
+                             "answers_parse", "transfer_set_write",
+                             "transfer_set_write_orm"}  # fmt: skip
     # (multipart_starlette is a difference of two timings, so it is left out here)
     measured = [*(service[k] for k in decodes), service["model_forward_and_pipeline"],
                 *attacker.values()]  # fmt: skip
