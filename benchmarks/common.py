@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -55,6 +60,24 @@ def sample_images(n: int = 256, side: int = 32, seed: int = 0) -> np.ndarray:
 
 def sample_payloads(n: int = 256, side: int = 32, seed: int = 0) -> list[bytes]:
     return [encode_image(im) for im in sample_images(n, side, seed)]
+
+
+def module_at(revision: str, path: str) -> ModuleType:
+    """The project's module at `path` (e.g. shared/schemas.py) as it was at git `revision`,
+    loaded under its own name beside the working tree's: old and new code timed in one process."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{revision}:{path}"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+    name = f"{Path(path).stem}_at_{revision}"
+    copy = Path(tempfile.mkdtemp()) / f"{name}.py"
+    copy.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, copy)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # where dataclasses look their module's names up
+    spec.loader.exec_module(module)
+    return module
 
 
 def machine() -> dict:

@@ -11,13 +11,10 @@ rounds' microseconds of CPU per image (process time)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,22 +24,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, module_at  # noqa: E402
 from shared import imaging as new  # noqa: E402
 from shared.datasets import load_dataset  # noqa: E402
-
-
-def module_at(revision: str):
-    source = subprocess.run(
-        ["git", "show", f"{revision}:shared/imaging.py"], cwd=ROOT, check=True,
-        capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "imaging_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("imaging_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def pillow_png(image: np.ndarray) -> bytes:
@@ -65,7 +49,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    base = module_at(args.revision)
+    base = module_at(args.revision, "shared/imaging.py")
     photos = [load_dataset("natural", size=32, image_size=32).image(i) for i in range(32)]
     large = [np.asarray(Image.fromarray(p).resize((224, 224))) for p in photos[:4]]
     cases = {
