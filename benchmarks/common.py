@@ -5,14 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +80,17 @@ def module_at(revision: str, path: str) -> ModuleType:
     sys.modules[name] = module  # where dataclasses look their module's names up
     spec.loader.exec_module(module)
     return module
+
+
+def base_and_new(measure: Callable[[Any], float], base: Any, new: Any, rounds: int) -> dict:
+    """`measure(base)` then `measure(new)`, `rounds` times over: their medians, new over base,
+    and every round, as the A/B scripts report them (alternated, so the host's drift hits both)."""
+    times: dict[str, list[float]] = {"base": [], "new": []}
+    for _ in range(rounds):
+        for side, code in (("base", base), ("new", new)):
+            times[side].append(measure(code))
+    b, n = statistics.median(times["base"]), statistics.median(times["new"])
+    return {"base_us": b, "new_us": n, "new_over_base": n / b, "rounds": times}
 
 
 def machine() -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, module_at  # noqa: E402
+from benchmarks.common import base_and_new, machine, module_at  # noqa: E402
 from shared import imaging as new  # noqa: E402
 from shared.datasets import load_dataset  # noqa: E402
 
@@ -61,13 +60,12 @@ def main() -> None:
     for name, (payloads, number) in cases.items():
         for data in payloads:  # both read the same pixels
             assert np.array_equal(base.decode_image(data), new.decode_image(data))
-        rounds: dict[str, list[float]] = {"base": [], "new": []}
-        for _ in range(args.rounds):
-            for side, module in (("base", base), ("new", new)):
-                rounds[side].append(cpu_us_per_image(module.decode_image, payloads, number))
-        b, n = statistics.median(rounds["base"]), statistics.median(rounds["new"])
-        results[name] = {"base_us": b, "new_us": n, "new_over_base": n / b, "rounds": rounds}
-        print(f"{name:18s} base {b:7.1f} us  new {n:7.1f} us  new/base {n / b:.2f}")
+        r = results[name] = base_and_new(
+            lambda m, p=payloads, k=number: cpu_us_per_image(m.decode_image, p, k),
+            base, new, args.rounds,
+        )  # fmt: skip
+        print(f"{name:18s} base {r['base_us']:7.1f} us  new {r['new_us']:7.1f} us  "
+              f"new/base {r['new_over_base']:.2f}")  # fmt: skip
     out = {"base_revision": args.revision, "results": results, **machine()}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

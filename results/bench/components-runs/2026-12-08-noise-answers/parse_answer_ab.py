@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import timeit
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, module_at  # noqa: E402
+from benchmarks.common import base_and_new, machine, module_at  # noqa: E402
 from shared import schemas as new  # noqa: E402
 
 
@@ -43,14 +42,12 @@ def main() -> None:
     results = {}
     for name, row in rows.items():
         assert base.parse_answer(row, 10).label == new.parse_answer(row, 10).label
-        rounds: dict[str, list[float]] = {"base": [], "new": []}
-        for _ in range(args.rounds):
-            for side, module in (("base", base), ("new", new)):
-                seconds = timeit.timeit(lambda m=module, r=row: m.parse_answer(r, 10), number=20000)
-                rounds[side].append(seconds / 20000 * 1e6)
-        b, n = statistics.median(rounds["base"]), statistics.median(rounds["new"])
-        results[name] = {"base_us": b, "new_us": n, "new_over_base": n / b, "rounds": rounds}
-        print(f"{name:14s} base {b:6.2f} us  new {n:6.2f} us  new/base {n / b:.2f}")
+        r = results[name] = base_and_new(
+            lambda m, row=row: timeit.timeit(lambda: m.parse_answer(row, 10), number=20000) * 50,
+            base, new, args.rounds,
+        )  # fmt: skip
+        print(f"{name:14s} base {r['base_us']:6.2f} us  new {r['new_us']:6.2f} us  "
+              f"new/base {r['new_over_base']:.2f}")  # fmt: skip
     out = {"base_revision": args.revision, "results": results, **machine()}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
