@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -14,7 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
@@ -82,15 +83,38 @@ def module_at(revision: str, path: str) -> ModuleType:
     return module
 
 
-def base_and_new(measure: Callable[[Any], float], base: Any, new: Any, rounds: int) -> dict:
-    """`measure(base)` then `measure(new)`, `rounds` times over: their medians, new over base,
-    and every round, as the A/B scripts report them (alternated, so the host's drift hits both)."""
-    times: dict[str, list[float]] = {"base": [], "new": []}
-    for _ in range(rounds):
-        for side, code in (("base", base), ("new", new)):
-            times[side].append(measure(code))
-    b, n = statistics.median(times["base"]), statistics.median(times["new"])
-    return {"base_us": b, "new_us": n, "new_over_base": n / b, "rounds": times}
+def revision_ab(
+    path: str,
+    cases: Callable[[ModuleType, ModuleType], dict[str, Callable[[ModuleType], float]]],
+    rounds: int,
+    argv: list[str] | None = None,
+) -> dict:
+    """The main of an in-process A/B script: `SCRIPT REVISION [--rounds N] [--json OUT]`.
+
+    `path`'s module at REVISION ("base") and the working tree's ("new") go to `cases`, which
+    checks they agree and returns each case's measure (microseconds, given a module). Each
+    measure runs on base then new, `rounds` times over (alternated, so the host's drift hits
+    both); their medians, new over base and every round are printed and written as JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("revision")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    base = module_at(args.revision, path)
+    new = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    results = {}
+    for name, measure in cases(base, new).items():
+        times: dict[str, list[float]] = {"base": [], "new": []}
+        for _ in range(args.rounds):
+            for side, code in (("base", base), ("new", new)):
+                times[side].append(measure(code))
+        b, n = statistics.median(times["base"]), statistics.median(times["new"])
+        results[name] = {"base_us": b, "new_us": n, "new_over_base": n / b, "rounds": times}
+        print(f"{name:18s} base {b:8.2f} us  new {n:8.2f} us  new/base {n / b:.2f}")
+    out = {"base_revision": args.revision, "results": results, **machine()}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def machine() -> dict:

@@ -10,9 +10,7 @@ rounds' microseconds of CPU per image (process time)."""
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,8 +21,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import base_and_new, machine, module_at  # noqa: E402
-from shared import imaging as new  # noqa: E402
+from benchmarks.common import revision_ab  # noqa: E402
 from shared.datasets import load_dataset  # noqa: E402
 
 
@@ -42,34 +39,22 @@ def cpu_us_per_image(decode, payloads: list[bytes], number: int) -> float:
     return (time.process_time() - start) / number / len(payloads) * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("revision")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    base = module_at(args.revision, "shared/imaging.py")
+def cases(base, new) -> dict:
     photos = [load_dataset("natural", size=32, image_size=32).image(i) for i in range(32)]
     large = [np.asarray(Image.fromarray(p).resize((224, 224))) for p in photos[:4]]
-    cases = {
+    files = {
         "encode_png_32px": ([new.encode_png(p) for p in photos], 60),
         "pillow_32px": ([pillow_png(p) for p in photos], 60),
         "encode_png_224px": ([new.encode_png(p) for p in large], 20),
     }
-    results = {}
-    for name, (payloads, number) in cases.items():
+    for payloads, _ in files.values():
         for data in payloads:  # both read the same pixels
             assert np.array_equal(base.decode_image(data), new.decode_image(data))
-        r = results[name] = base_and_new(
-            lambda m, p=payloads, k=number: cpu_us_per_image(m.decode_image, p, k),
-            base, new, args.rounds,
-        )  # fmt: skip
-        print(f"{name:18s} base {r['base_us']:7.1f} us  new {r['new_us']:7.1f} us  "
-              f"new/base {r['new_over_base']:.2f}")  # fmt: skip
-    out = {"base_revision": args.revision, "results": results, **machine()}
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return {
+        name: lambda m, p=payloads, k=number: cpu_us_per_image(m.decode_image, p, k)
+        for name, (payloads, number) in files.items()
+    }
 
 
 if __name__ == "__main__":
-    main()
+    revision_ab("shared/imaging.py", cases, rounds=9)
